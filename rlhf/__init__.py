@@ -1,0 +1,1 @@
+"""rlhf: distributed online RLHF on Ray."""

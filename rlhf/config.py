@@ -1,0 +1,257 @@
+"""One typed config tree: defaults that run as they are, YAML files, dotted overrides.
+
+    cfg = load_config("launch/configs/grpo_addition.yaml", ["rollout.samples_per_prompt=8"])
+
+Every error names the field and says what is allowed (see `ConfigError`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config problem, phrased for the user: which field, what was given, what is allowed."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ---------------------------------------------------------------- topology: read it in one block
+class PoolConfig(Section):
+    workers: int = Field(1, ge=0, description="Ray actors in this pool")
+    num_cpus: float = Field(1.0, ge=0, description="Ray CPUs reserved per actor")
+    num_gpus: float = Field(0.0, ge=0, description="Ray GPUs reserved per actor")
+
+
+class TopologyConfig(Section):
+    rollout: PoolConfig = PoolConfig(workers=1)
+    learner: PoolConfig = PoolConfig(workers=1)
+    reference: PoolConfig = PoolConfig(workers=1, num_cpus=0.5)
+    reward: PoolConfig = PoolConfig(workers=1, num_cpus=0.5)
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> TopologyConfig:
+        for pool in ("rollout", "learner", "reward"):
+            if getattr(self, pool).workers < 1:
+                raise ValueError(f"topology.{pool}.workers must be >= 1")
+        return self
+
+
+class RayConfig(Section):
+    address: str | None = Field(None, description="None starts a local cluster; 'auto' joins one")
+    num_cpus: int | None = Field(
+        None, description="local cluster only; default: what the topology asks"
+    )
+    include_dashboard: bool = False
+    namespace: str = "rlhf"
+
+
+# ---------------------------------------------------------------- model, task, warm start
+class TinyModelConfig(Section):
+    hidden_size: int = Field(128, gt=0)
+    num_layers: int = Field(4, gt=0)
+    num_heads: int = Field(4, gt=0)
+    num_kv_heads: int = Field(2, gt=0)
+    intermediate_size: int = Field(512, gt=0)
+    seed: int = 0
+
+
+class ModelConfig(Section):
+    path: str | None = Field(None, description="HF model folder; None builds the tiny default")
+    tiny: TinyModelConfig = TinyModelConfig()
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    cache_dir: str = Field("~/.cache/rlhf", description="where built tiny models are kept")
+
+
+class TaskConfig(Section):
+    name: str = Field("addition", description="a built-in task (rlhf.data.tasks.TASKS)")
+    max_operand: int = Field(99, gt=0)
+    num_prompts: int = Field(4096, gt=0)
+    seed: int = 0
+
+
+class WarmStartConfig(Section):
+    """A short supervised warm start on the task, so RL starts from a policy with signal."""
+
+    enabled: bool = True
+    steps: int = Field(300, ge=0)
+    batch_size: int = Field(128, gt=0)
+    lr: float = Field(1e-3, gt=0)
+
+
+# ---------------------------------------------------------------- pools
+class RolloutConfig(Section):
+    engine: Literal["vllm", "hf"] = "vllm"
+    prompts_per_iteration: int = Field(16, gt=0)
+    samples_per_prompt: int = Field(8, gt=0)
+    max_new_tokens: int = Field(8, gt=0)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0, description="0 disables top-k")
+    max_model_len: int = Field(256, gt=0)
+    kv_cache_bytes: int = Field(256 * 2**20, gt=0, description="vLLM KV cache per engine (CPU)")
+    gpu_memory_utilization: float = Field(0.4, gt=0, le=1)
+    enforce_eager: bool = True
+
+
+class RewardFunctionConfig(Section):
+    name: str = Field(..., description="a built-in reward or 'package.module:function'")
+    weight: float = 1.0
+
+
+class RewardConfig(Section):
+    functions: list[RewardFunctionConfig] = [RewardFunctionConfig(name="addition_exact")]
+    on_error: Literal["drop", "zero", "raise"] = Field(
+        "drop",
+        description="a function that raises or returns NaN: drop the sample, score 0, or stop",
+    )
+
+
+class GRPOConfig(Section):
+    name: Literal["grpo"] = "grpo"
+    beta: float = Field(0.04, ge=0, description="KL coefficient; 0 skips the reference pool")
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    clip_low: float = Field(0.2, ge=0)
+    clip_high: float = Field(0.2, ge=0, description="DAPO clip-higher uses 0.28")
+    scale_rewards: bool = Field(True, description="False = Dr. GRPO (no std division)")
+    loss_aggregation: Literal["token_mean", "sequence_mean", "constant_normalizer"] = "token_mean"
+    epochs: int = Field(1, gt=0, description="passes over each iteration's batch")
+    mini_batches: int = Field(1, gt=0, description="optimizer steps per epoch")
+
+
+AlgorithmConfig = GRPOConfig  # becomes a union discriminated by `name` as algorithms are added
+
+
+class LearnerConfig(Section):
+    lr: float = Field(2e-5, gt=0)
+    warmup_iterations: int = Field(5, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    adam_betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = Field(1.0, ge=0, description="0 disables clipping")
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    micro_batch_size: int = Field(64, gt=0, description="rows per forward/backward")
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    gradient_checkpointing: bool = False
+
+
+class SyncConfig(Section):
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    bucket_bytes: int = Field(64 * 2**20, gt=0)
+    timeout_s: float = Field(120.0, gt=0)
+
+
+class RunConfig(Section):
+    iterations: int = Field(200, gt=0)
+    seed: int = 0
+    output_dir: str = "runs"
+    name: str | None = Field(None, description="run folder name; default: a timestamp")
+    call_timeout_s: float = Field(600.0, gt=0, description="limit for any one remote call")
+    eval_every: int = Field(0, ge=0, description="greedy accuracy on held-out prompts; 0 = off")
+    progress_bar: bool = True
+    save_model: bool = True
+
+
+class Config(Section):
+    run: RunConfig = RunConfig()
+    ray: RayConfig = RayConfig()
+    topology: TopologyConfig = TopologyConfig()
+    model: ModelConfig = ModelConfig()
+    task: TaskConfig = TaskConfig()
+    warm_start: WarmStartConfig = WarmStartConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    reward: RewardConfig = RewardConfig()
+    algorithm: AlgorithmConfig = GRPOConfig()
+    learner: LearnerConfig = LearnerConfig()
+    sync: SyncConfig = SyncConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        if self.algorithm.name == "grpo" and self.rollout.samples_per_prompt < 2:
+            raise ValueError(
+                "rollout.samples_per_prompt must be >= 2 for grpo (advantages compare samples of a prompt)"
+            )
+        if self.algorithm.beta > 0 and self.topology.reference.workers < 1:
+            raise ValueError("topology.reference.workers must be >= 1 when algorithm.beta > 0")
+        return self
+
+
+# ---------------------------------------------------------------- loading
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        child = node.setdefault(k, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {k!r} is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.field=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has no field name")
+    return key, yaml.safe_load(raw) if raw.strip() else None
+
+
+def _allowed_fields(loc: tuple[Any, ...]) -> list[str] | None:
+    model: Any = Config
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        model = field.annotation
+    fields = getattr(model, "model_fields", None)
+    return sorted(fields) if fields else None
+
+
+def format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not isinstance(p, int) or True)
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_fields(loc)
+            hint = f"; allowed here: {', '.join(allowed)}" if allowed else ""
+            lines.append(f"  {where}: unknown field{hint}")
+        else:
+            given = e.get("input")
+            shown = "" if isinstance(given, dict) else f" (got {given!r})"
+            lines.append(f"  {where}: {e['msg']}{shown}")
+    return "invalid config:\n" + "\n".join(lines)
+
+
+def build_config(tree: dict[str, Any] | None = None) -> Config:
+    try:
+        return Config.model_validate(tree or {})
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections")
+        tree = loaded
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value)
+    return build_config(tree)
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
