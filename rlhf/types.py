@@ -29,7 +29,11 @@ class Rollout:
     finish_reasons: list[str]  # "stop" | "length"
     prompt_index: list[int]  # which prompt of the call (the GRPO group) each sample answers
     policy_version: int  # the weights version that produced every sample of this rollout
+    completion_texts: list[str] = field(default_factory=list)  # decoded, for reward functions
     worker: str = ""
+
+    def __len__(self) -> int:
+        return len(self.completion_ids)
 
 
 @dataclass

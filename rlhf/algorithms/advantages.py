@@ -26,5 +26,9 @@ def group_normalized_advantages(
             continue
         r = rewards[idx]
         centred = r - r.mean()
-        adv[idx] = centred / (r.std() + eps) if scale else centred
+        std = r.std()
+        if not scale:
+            adv[idx] = centred
+        elif std > 0:  # a flat group is 0 whatever eps is (no 0/0)
+            adv[idx] = centred / (std + eps)
     return adv.astype(np.float32)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rlhf.types import ScoredRollout
+from rlhf.types import ScoredRollout, TrainBatch
 
 
 @dataclass
@@ -62,4 +62,46 @@ def collate(scored: list[ScoredRollout], pad_id: int) -> Collated:
         rewards=np.asarray(rewards, dtype=np.float32),
         group_ids=np.asarray(groups, dtype=np.int64),
         policy_version=min(s.rollout.policy_version for s in scored),
+    )
+
+
+def shard_batch(batch: TrainBatch, world_size: int) -> list[TrainBatch]:
+    """Equal-sized shards for the learner ranks (DeepSpeed steps in lockstep).
+
+    Missing rows are filled with copies of row 0 whose loss weights are zero, so they add
+    nothing to the loss or its gradient.
+    """
+    rows = len(batch)
+    per_rank = -(-rows // world_size)
+    pad = per_rank * world_size - rows
+    if pad:
+        filler = batch.select([0] * pad)
+        filler.loss_weights = np.zeros_like(filler.loss_weights)
+        filler.advantages = np.zeros_like(filler.advantages)
+        filler.completion_mask = np.zeros_like(filler.completion_mask)
+        batch = concat_batches([batch, filler])
+    return [batch.select(slice(r * per_rank, (r + 1) * per_rank)) for r in range(world_size)]
+
+
+def concat_batches(parts: list[TrainBatch]) -> TrainBatch:
+    """Stack batches row-wise, right-padding the token dimension to the widest."""
+    width = max(p.input_ids.shape[1] for p in parts)
+
+    def cat(arrays: list[np.ndarray]) -> np.ndarray:
+        padded = [
+            np.pad(a, ((0, 0), (0, width - a.shape[1]))) if a.ndim == 2 else a for a in arrays
+        ]
+        return np.concatenate(padded, axis=0)
+
+    first = parts[0]
+    return TrainBatch(
+        input_ids=cat([p.input_ids for p in parts]),
+        attention_mask=cat([p.attention_mask for p in parts]),
+        completion_mask=cat([p.completion_mask for p in parts]),
+        loss_weights=cat([p.loss_weights for p in parts]),
+        advantages=cat([p.advantages for p in parts]),
+        ref_logprobs=cat([p.ref_logprobs for p in parts]),
+        sampler_logprobs=cat([p.sampler_logprobs for p in parts]),
+        policy_version=min(p.policy_version for p in parts),
+        extras={k: cat([p.extras[k] for p in parts]) for k in first.extras},
     )

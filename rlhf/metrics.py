@@ -1,0 +1,61 @@
+"""Per-iteration metrics: one JSON line each in the run folder, a short line on the console."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+# What the console line shows, in order (everything goes to the JSONL file).
+CONSOLE_KEYS = (
+    ("reward/mean", "reward"),
+    ("reward/std", "std"),
+    ("kl", "kl"),
+    ("loss/total", "loss"),
+    ("rollout/tokens", "tokens"),
+    ("time/generate", "gen"),
+    ("time/reward", "rew"),
+    ("time/reference", "ref"),
+    ("time/train", "train"),
+    ("time/sync", "sync"),
+)
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN; None reads as "no value"
+    return value
+
+
+class MetricsLog:
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self.history: list[dict[str, Any]] = []
+        self._file = self.path.open("a", buffering=1)
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        self._file.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def console_line(record: dict[str, Any]) -> str:
+    parts = [f"it {record['iteration']:>4}"]
+    for key, label in CONSOLE_KEYS:
+        if key in record and record[key] is not None:
+            v = record[key]
+            parts.append(f"{label} {v:.0f}" if key == "rollout/tokens" else f"{label} {v:.3g}")
+    return "  ".join(parts)
+
+
+def mean_over(history: list[dict[str, Any]], key: str, first: bool, fraction: float = 0.1) -> float:
+    """Mean of `key` over the first (or last) `fraction` of iterations (at least one)."""
+    values = [r[key] for r in history if r.get(key) is not None and math.isfinite(r[key])]
+    if not values:
+        return math.nan
+    k = max(1, int(round(len(values) * fraction)))
+    chunk = values[:k] if first else values[-k:]
+    return float(sum(chunk) / len(chunk))

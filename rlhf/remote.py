@@ -1,0 +1,49 @@
+"""Waiting on remote calls with a deadline, failing fast, and naming the actor at fault."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+
+class RemoteCallError(RuntimeError):
+    """A remote call failed, timed out, or its actor died; the message names the actor."""
+
+
+class RemoteCallTimeout(RemoteCallError):
+    pass
+
+
+class WorkerDied(RemoteCallError):
+    pass
+
+
+def gather(calls: list[tuple[str, ray.ObjectRef]], timeout_s: float, what: str) -> list[Any]:
+    """Results of `calls` (name, ref) in order. Raises on the first failure, or at the deadline
+    naming every actor that has not answered."""
+    by_ref = {ref: i for i, (_, ref) in enumerate(calls)}
+    results: list[Any] = [None] * len(calls)
+    pending = [ref for _, ref in calls]
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        left = deadline - time.monotonic()
+        ready, pending = ray.wait(pending, num_returns=1, timeout=max(left, 0.0))
+        if not ready:
+            late = ", ".join(calls[by_ref[r]][0] for r in pending)
+            raise RemoteCallTimeout(f"{what}: {late} did not answer within {timeout_s:.0f} s")
+        for ref in ready:
+            name = calls[by_ref[ref]][0]
+            try:
+                results[by_ref[ref]] = ray.get(ref, timeout=max(deadline - time.monotonic(), 1.0))
+            except RayActorError as err:
+                raise WorkerDied(f"{what}: worker {name} died: {err}") from err
+            except RayTaskError as err:
+                raise RemoteCallError(f"{what}: worker {name} failed: {err}") from err
+            except GetTimeoutError as err:
+                raise RemoteCallTimeout(
+                    f"{what}: {name} did not answer within {timeout_s:.0f} s"
+                ) from err
+    return results

@@ -1,0 +1,131 @@
+"""Run reward functions over a batch with defined outcomes for every failure.
+
+Signature (as in TRL): fn(prompts, completions, **columns) -> list[float | None].
+- None: the function does not apply to that sample (ignored in the weighted sum).
+- A function that raises, returns the wrong length, or gives NaN/inf: handled by `on_error`:
+  "drop" marks the affected samples invalid (reward NaN: zero loss weight, counted),
+  "zero" scores them 0, "raise" stops the run with an error naming the function.
+- A sample that no function scored is dropped.
+Every such event is counted in the returned metrics and logged.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+RewardFn = Callable[..., Sequence[float | None]]
+
+
+class RewardFunctionError(RuntimeError):
+    """A reward function failed and reward.on_error is 'raise'."""
+
+
+def resolve_reward_function(name: str) -> RewardFn:
+    """A built-in name, or 'package.module:function' importable in the reward worker."""
+    from rlhf.rewards.builtin import BUILTIN_REWARDS
+
+    if name in BUILTIN_REWARDS:
+        return BUILTIN_REWARDS[name]
+    if ":" not in name:
+        raise ValueError(
+            f"reward.functions: {name!r} is neither a built-in ({', '.join(sorted(BUILTIN_REWARDS))}) "
+            "nor of the form 'package.module:function'"
+        )
+    module_name, attr = name.split(":", 1)
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"reward.functions: cannot load {name!r}: {err}") from err
+    if not callable(fn):
+        raise ValueError(f"reward.functions: {name!r} is not callable")
+    return fn
+
+
+@dataclass
+class NamedReward:
+    name: str
+    fn: RewardFn
+    weight: float
+
+
+def _short(name: str) -> str:
+    return name.rsplit(":", 1)[-1]
+
+
+def score_batch(
+    rewards: list[NamedReward],
+    prompts: list[str],
+    completions: list[str],
+    columns: dict[str, list[object]],
+    on_error: str,
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Weighted sum of the functions' scores; NaN where a sample has no valid reward."""
+    n = len(completions)
+    total = np.zeros(n, dtype=np.float64)
+    scored = np.zeros(n, dtype=bool)
+    invalid = np.zeros(n, dtype=bool)
+    metrics: dict[str, float] = {}
+    for r in rewards:
+        key = f"reward/{_short(r.name)}"
+        values: list[float | None]
+        failed = np.zeros(n, dtype=bool)
+        try:
+            out = list(r.fn(prompts=prompts, completions=completions, **columns))
+            if len(out) != n:
+                raise ValueError(f"returned {len(out)} values for {n} completions")
+            values = out
+        except Exception as err:  # a user's function: any failure has a defined outcome
+            if on_error == "raise":
+                raise RewardFunctionError(f"reward function {r.name!r} failed: {err}") from err
+            log.warning(
+                "reward function %s failed (%s): %s",
+                r.name,
+                on_error,
+                traceback.format_exc(limit=3),
+            )
+            metrics[f"{key}/errors"] = 1.0
+            values = [None] * n
+            failed[:] = True
+        nonfinite = 0
+        for i, v in enumerate(values):
+            if failed[i] or v is None:
+                continue
+            try:
+                fv = float(v)
+            except (TypeError, ValueError):
+                fv = math.nan
+            if not math.isfinite(fv):
+                nonfinite += 1
+                if on_error == "raise":
+                    raise RewardFunctionError(
+                        f"reward function {r.name!r} returned {v!r} for sample {i}"
+                    )
+                failed[i] = True
+                continue
+            total[i] += r.weight * fv
+            scored[i] = True
+        if nonfinite:
+            log.warning(
+                "reward function %s returned %d non-finite values (%s)", r.name, nonfinite, on_error
+            )
+            metrics[f"{key}/nonfinite"] = float(nonfinite)
+        if on_error == "zero":
+            scored |= failed  # counts as scored 0
+        else:
+            invalid |= failed
+        ok = [float(v) for i, v in enumerate(values) if not failed[i] and v is not None]
+        if ok:
+            metrics[f"{key}/mean"] = float(np.mean(ok))
+    dropped = invalid | ~scored
+    result = np.where(dropped, np.nan, total).astype(np.float32)
+    metrics["reward/dropped"] = float(dropped.sum())
+    return result, metrics

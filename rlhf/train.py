@@ -1,0 +1,64 @@
+"""`rlhf train`: prepare the model, start the pools, run the loop, save the policy."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from rlhf.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def make_run_dir(cfg: Config) -> Path:
+    name = cfg.run.name or time.strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(cfg.run.output_dir).expanduser() / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    import ray
+
+    from rlhf.controller import Trainer
+    from rlhf.data.tasks import make_task
+    from rlhf.models.default_model import prepare_model
+
+    started = time.perf_counter()
+    run_dir = make_run_dir(cfg)
+    task = make_task(cfg.task)
+    print(f"[rlhf] run folder: {run_dir}", flush=True)
+    model_path = prepare_model(cfg)
+    print(f"[rlhf] policy: {model_path}", flush=True)
+    trainer = Trainer(cfg, run_dir, model_path, task)
+    try:
+        t0 = time.perf_counter()
+        trainer.start()
+        print(f"[rlhf] pools ready in {time.perf_counter() - t0:.0f} s", flush=True)
+        summary = trainer.run(progress=cfg.run.progress_bar)
+    finally:
+        trainer.close()
+        if cfg.ray.address is None:
+            ray.shutdown()
+    summary["seconds/total"] = time.perf_counter() - started
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = [
+        "[rlhf] done in {:.0f} s ({} iterations)".format(
+            summary["seconds/total"], summary["iterations"]
+        ),
+        "[rlhf] mean reward, first 10% of iterations: {:.3f}; last 10%: {:.3f}; rise: {:+.3f}".format(
+            summary["reward/first_10pct"], summary["reward/last_10pct"], summary["reward/rise"]
+        ),
+        "[rlhf] greedy reward on held-out prompts: {:.3f} -> {:.3f}".format(
+            summary["eval/greedy_reward_before"], summary["eval/greedy_reward_after"]
+        ),
+        f"[rlhf] metrics: {summary['run_dir']}/metrics.jsonl",
+    ]
+    if "final_model" in summary:
+        lines.append(f"[rlhf] trained policy (Hugging Face format): {summary['final_model']}")
+    return "\n".join(lines)
