@@ -1,0 +1,64 @@
+"""The per-token log-prob convention, and the reference worker's use of it (no Ray needed)."""
+
+import pytest
+import torch
+
+from rlhf.config import load_config
+from rlhf.models.logprobs import model_token_logprobs, pad_rows, token_logprobs
+from rlhf.models.tiny import build_tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny") / "m"
+    build_tiny_model(
+        path,
+        ["1+2=3", "12+30=42", "hello there"] * 20,
+        hidden_size=32,
+        num_layers=1,
+        intermediate_size=64,
+    )
+    return str(path)
+
+
+def test_token_logprobs_by_hand():
+    # vocabulary of 2; position 0 predicts token 1 with logits [0, log 3] -> p = 3/4
+    logits = torch.tensor([[[0.0, torch.log(torch.tensor(3.0))], [0.0, 0.0]]])
+    ids = torch.tensor([[0, 1]])
+    lp = token_logprobs(logits, ids)
+    assert lp[0, 0] == 0.0
+    assert lp[0, 1].item() == pytest.approx(torch.log(torch.tensor(0.75)).item(), abs=1e-6)
+    # temperature 2 halves the logits: p = sqrt(3) / (1 + sqrt(3))
+    lp2 = token_logprobs(logits, ids, temperature=2.0)
+    p = 3**0.5 / (1 + 3**0.5)
+    assert lp2[0, 1].item() == pytest.approx(torch.log(torch.tensor(p)).item(), abs=1e-6)
+
+
+def test_padding_does_not_change_logprobs(tiny):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny).eval()
+    a, b = [5, 6, 7, 8, 9], [5, 6, 7]
+    ids, mask = pad_rows([a, b], pad=0)
+    with torch.no_grad():
+        both = model_token_logprobs(model, ids, mask)
+        alone = model_token_logprobs(model, torch.tensor([b]), torch.ones(1, 3, dtype=torch.long))
+    torch.testing.assert_close(both[1, :3], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_reference_worker_returns_completion_logprobs(tiny):
+    from transformers import AutoModelForCausalLM
+
+    from rlhf.workers.reference import ReferenceWorker
+
+    cfg = load_config(None, ["learner.micro_batch_size=1"])  # forces several micro-batches
+    worker = ReferenceWorker(cfg, 0, tiny)
+    prompts, completions = [[5, 6], [7, 8, 9]], [[10, 11, 2], [12]]
+    got = worker.logprobs(prompts, completions)
+    assert [len(x) for x in got] == [3, 1]
+    model = AutoModelForCausalLM.from_pretrained(tiny).eval()
+    with torch.no_grad():
+        full = model_token_logprobs(
+            model, torch.tensor([[5, 6, 10, 11, 2]]), torch.ones(1, 5, dtype=torch.long)
+        )
+    torch.testing.assert_close(torch.tensor(got[0]), full[0, 2:], atol=1e-5, rtol=1e-5)

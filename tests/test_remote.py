@@ -1,0 +1,70 @@
+"""Remote calls: a timeout names the actors that did not answer; a dead actor is named."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import ray
+
+from rlhf.remote import RemoteCallError, RemoteCallTimeout, WorkerDied, gather
+
+pytestmark = pytest.mark.slow
+
+
+@ray.remote(num_cpus=0)
+class Sleeper:
+    def nap(self, seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
+    def fail(self) -> None:
+        raise ValueError("bad input")
+
+    def die(self) -> None:
+        os._exit(1)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, namespace="rlhf-test-remote")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def actors(cluster):
+    # Fresh actors per test: one still busy with a previous test's call would queue ours.
+    group = [Sleeper.remote() for _ in range(3)]
+    yield group
+    for a in group:
+        ray.kill(a)
+
+
+def test_results_in_order(actors):
+    a, b, _ = actors
+    assert gather([("a", a.nap.remote(0.2)), ("b", b.nap.remote(0.0))], 30, "nap") == [0.2, 0.0]
+
+
+def test_timeout_names_only_the_late_actor(actors):
+    a, b, _ = actors
+    started = time.monotonic()
+    with pytest.raises(RemoteCallTimeout, match=r"nap: slow-one did not answer within 1 s") as err:
+        gather([("fast", a.nap.remote(0.0)), ("slow-one", b.nap.remote(5.0))], 1.0, "nap")
+    assert "fast" not in str(err.value)
+    assert time.monotonic() - started < 3
+
+
+def test_failure_is_raised_without_waiting_for_the_rest(actors):
+    a, b, _ = actors
+    started = time.monotonic()
+    with pytest.raises(RemoteCallError, match=r"score: worker judge failed: .*bad input"):
+        gather([("slow", a.nap.remote(4.0)), ("judge", b.fail.remote())], 30, "score")
+    assert time.monotonic() - started < 3
+
+
+def test_dead_actor_is_named(actors):
+    _, _, c = actors
+    with pytest.raises(WorkerDied, match=r"generate: worker rollout-7 died"):
+        gather([("rollout-7", c.die.remote())], 30, "generate")
