@@ -1,0 +1,96 @@
+"""Built-in tasks: prompts with the dataset columns reward functions receive.
+
+A task gives a deterministic train/eval split, the text corpus the default tokenizer is
+trained on, supervised examples for the warm start, and the completion budget
+(`max_new_tokens`) its answers need.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from rlhf.config import TaskConfig
+from rlhf.types import Prompt
+
+
+class Task(ABC):
+    name: str
+    default_reward: str  # a key of rlhf.rewards.builtin.BUILTIN_REWARDS
+    train_prompts: list[Prompt]
+    eval_prompts: list[Prompt]
+
+    @property
+    @abstractmethod
+    def max_new_tokens(self) -> int:
+        """Tokens a complete answer takes, EOS included (with single-digit tokens)."""
+
+    @abstractmethod
+    def target(self, prompt: Prompt) -> str:
+        """The reference completion (without EOS), for the supervised warm start."""
+
+    def supervised_examples(self) -> list[tuple[str, str]]:
+        """(prompt, completion) pairs on the training prompts; the trainer appends EOS."""
+        return [(p.text, self.target(p)) for p in self.train_prompts]
+
+    def corpus(self) -> list[str]:
+        """Text the default tokenizer is trained on: every prompt with its answer."""
+        return [p.text + self.target(p) for p in self.train_prompts + self.eval_prompts]
+
+    def sample_train(self, k: int, seed: int) -> list[Prompt]:
+        """k distinct training prompts, a pure function of the seed (runs can resume exactly)."""
+        rng = np.random.default_rng(seed)
+        k = min(k, len(self.train_prompts))
+        idx = rng.choice(len(self.train_prompts), size=k, replace=False)
+        return [self.train_prompts[i] for i in idx]
+
+
+class AdditionTask(Task):
+    """'a+b=' -> the decimal sum, for 0 <= a, b <= max_operand. Reward: exact sum = 1.
+
+    All (a, b) pairs are shuffled with `seed`; the first tenth (at most 512) is held out for
+    evaluation, and the next `num_prompts` are the training prompts, so the two never overlap.
+    """
+
+    name = "addition"
+    default_reward = "addition_exact"
+    max_eval = 512
+
+    def __init__(self, cfg: TaskConfig) -> None:
+        n = cfg.max_operand + 1
+        a, b = np.divmod(np.arange(n * n), n)
+        order = np.random.default_rng(cfg.seed).permutation(n * n)
+        n_eval = min(self.max_eval, (n * n) // 10)
+        if n * n - n_eval < 1:
+            raise ValueError(f"task.max_operand={cfg.max_operand} leaves no training prompts")
+        self.eval_prompts = [self._prompt(a[i], b[i]) for i in order[:n_eval]]
+        self.train_prompts = [
+            self._prompt(a[i], b[i]) for i in order[n_eval : n_eval + cfg.num_prompts]
+        ]
+        self._answer_digits = len(str(2 * cfg.max_operand))
+
+    @staticmethod
+    def _prompt(a: int, b: int) -> Prompt:
+        a, b = int(a), int(b)
+        return Prompt(text=f"{a}+{b}=", columns={"answer": str(a + b)})
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self._answer_digits + 1  # digits are single tokens; +1 for EOS
+
+    def target(self, prompt: Prompt) -> str:
+        return str(prompt.columns["answer"])
+
+
+TASKS: dict[str, type[Task]] = {AdditionTask.name: AdditionTask}
+
+
+def make_task(cfg: TaskConfig) -> Task:
+    try:
+        cls = TASKS[cfg.name]
+    except KeyError:
+        raise ValueError(
+            f"task.name {cfg.name!r} is unknown; allowed: {', '.join(TASKS)}"
+        ) from None
+    return cls(cfg)

@@ -1,0 +1,29 @@
+"""Generation engines: vLLM (the default) and plain transformers (a fallback)."""
+
+from __future__ import annotations
+
+from rlhf.config import RolloutConfig
+from rlhf.engines.base import GenerationEngine
+
+
+def make_engine(rollout_cfg: RolloutConfig, model_path: str, seed: int) -> GenerationEngine:
+    """The engine `rollout_cfg.engine` names; heavy imports happen only for the one chosen."""
+    if rollout_cfg.engine == "vllm":
+        from rlhf.engines.vllm_engine import VLLMEngine
+
+        return VLLMEngine(
+            model_path,
+            seed=seed,
+            max_model_len=rollout_cfg.max_model_len,
+            kv_cache_bytes=rollout_cfg.kv_cache_bytes,
+            enforce_eager=rollout_cfg.enforce_eager,
+            gpu_memory_utilization=rollout_cfg.gpu_memory_utilization,
+        )
+    if rollout_cfg.engine == "hf":
+        from rlhf.engines.hf_engine import HFEngine
+
+        return HFEngine(model_path, seed=seed)
+    raise ValueError(f"rollout.engine must be 'vllm' or 'hf', got {rollout_cfg.engine!r}")
+
+
+__all__ = ["GenerationEngine", "make_engine"]

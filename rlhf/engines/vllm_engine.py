@@ -1,0 +1,177 @@
+"""A generation engine around `vllm.LLM`, with learner -> engine weight sync.
+
+vLLM runs the model in a worker process of its own (spawned; on CPU always, and always in
+a Ray actor). The weight-sync receiver lives there too (`vllm_extension`), reached through
+`collective_rpc`, so received buckets are loaded where the model is.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import torch
+
+from rlhf.engines.base import Generation, finish_reason
+from rlhf.engines.vllm_extension import manifest_to_wire
+from rlhf.sync.buckets import ParamSpec
+
+log = logging.getLogger(__name__)
+
+EXTENSION = "rlhf.engines.vllm_extension.WeightSyncExtension"
+
+
+def cpu_environment(threads: int) -> dict[str, str]:
+    """Environment for vLLM's CPU processes, which they inherit from the creating process.
+
+    vLLM's default ("auto") pins its worker to the cores of one NUMA node minus one core
+    reserved for its scheduler: on a 2-core machine every engine lands on the same single
+    core. Engines here share the machine with other engines and a learner, so we do not pin
+    ("nobind") and cap OpenMP threads at the CPU share instead. OMP_WAIT_POLICY=PASSIVE
+    makes idle OpenMP threads sleep instead of spinning, so a finished engine does not eat
+    the cores the learner (or another engine) needs next.
+    A user's own VLLM_CPU_OMP_THREADS_BIND / OMP_* settings win over these.
+    """
+    return {
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+        "OMP_NUM_THREADS": str(threads),
+        "OMP_WAIT_POLICY": "PASSIVE",
+    }
+
+
+def _is_cpu_platform() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+class VLLMEngine:
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        seed: int,
+        max_model_len: int,
+        kv_cache_bytes: int,
+        dtype: str = "float32",
+        enforce_eager: bool = True,
+        gpu_memory_utilization: float = 0.4,
+        cpu_threads: int | None = None,
+    ) -> None:
+        on_cpu = _is_cpu_platform()
+        if on_cpu:
+            # Must be in os.environ before vLLM reads it and spawns its processes. The thread
+            # count follows this process's torch setting (the worker's CPU share), not a
+            # stale OMP_NUM_THREADS (Ray sets it to the actor's num_cpus).
+            env = cpu_environment(cpu_threads or torch.get_num_threads())
+            os.environ["OMP_NUM_THREADS"] = env.pop("OMP_NUM_THREADS")
+            for key, value in env.items():
+                os.environ.setdefault(key, value)
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        from vllm import LLM
+
+        # On CPU the KV cache is sized in bytes; on GPU by the memory fraction.
+        kwargs = {"kv_cache_memory_bytes": kv_cache_bytes} if on_cpu else {}
+        t0 = time.perf_counter()
+        self.llm = LLM(
+            model=model_path,
+            seed=seed,
+            max_model_len=max_model_len,
+            dtype=dtype,
+            enforce_eager=enforce_eager,
+            gpu_memory_utilization=gpu_memory_utilization,
+            worker_extension_cls=EXTENSION,
+            # log-probs of the distribution actually sampled (after temperature, top-k/p)
+            logprobs_mode="processed_logprobs",
+            # n samples of a prompt share its prefill (whole KV blocks: 128 tokens on CPU)
+            enable_prefix_caching=True,
+            disable_log_stats=True,
+            **kwargs,
+        )
+        self.start_seconds = time.perf_counter() - t0
+        hf_config = self.llm.llm_engine.model_config.hf_config
+        config_eos = getattr(hf_config, "eos_token_id", None)
+        ids = [self.llm.get_tokenizer().eos_token_id]
+        ids += config_eos if isinstance(config_eos, list) else [config_eos]
+        self.eos_ids: set[int] = {i for i in ids if i is not None}
+        self._sync_timeout: float | None = None
+        log.info("vLLM engine for %s started in %.1fs", model_path, self.start_seconds)
+
+    # ------------------------------------------------------------------ generation
+    def generate(
+        self,
+        prompt_ids: list[list[int]],
+        *,
+        n: int,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+    ) -> Generation:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        greedy = temperature == 0
+        params = SamplingParams(
+            n=n,
+            max_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=1.0 if greedy else top_p,
+            top_k=0 if greedy else top_k,
+            seed=seed,
+            logprobs=0,  # the sampled token's log-prob only
+            detokenize=False,  # callers decode what they need
+        )
+        prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        completions, logprobs, reasons = [], [], []
+        for request in outputs:
+            for out in sorted(request.outputs, key=lambda o: o.index):
+                toks = list(out.token_ids)
+                completions.append(toks)
+                logprobs.append(
+                    [step[t].logprob for step, t in zip(out.logprobs, toks, strict=True)]
+                )
+                reasons.append(finish_reason(toks, self.eos_ids))
+        return completions, logprobs, reasons
+
+    # ------------------------------------------------------------------ weight sync
+    def init_weight_sync(
+        self,
+        host: str,
+        port: int,
+        rank: int,
+        world_size: int,
+        backend: str,
+        timeout_s: float,
+        peer_names: list[str],
+    ) -> None:
+        self._sync_timeout = timeout_s
+        self.llm.collective_rpc(
+            "rlhf_init_weight_sync",
+            args=(host, port, rank, world_size, backend, timeout_s, list(peer_names)),
+        )
+
+    def receive_weights(self, manifest: list[ParamSpec], bucket_bytes: int, version: int) -> None:
+        # No RPC timeout here: the sync group's own deadlines end a stuck sync, and an RPC
+        # abandoned mid-load would leave the model half-updated.
+        self.llm.collective_rpc(
+            "rlhf_receive_weights", args=(manifest_to_wire(manifest), bucket_bytes, version)
+        )
+        # Cached prefixes hold keys/values computed with the old weights.
+        self.llm.reset_prefix_cache()
+
+    def close_weight_sync(self) -> None:
+        if self._sync_timeout is not None and self.llm is not None:
+            self.llm.collective_rpc("rlhf_close_weight_sync")
+            self._sync_timeout = None
+
+    def param_checksum(self) -> float:
+        return self.llm.collective_rpc("rlhf_param_checksum")[0]
+
+    def shutdown(self) -> None:
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            llm.llm_engine.engine_core.shutdown()

@@ -1,0 +1,65 @@
+"""Greedy evaluation with plain transformers (tests and studies; a run uses its engines)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from rlhf.types import Prompt
+
+
+@torch.no_grad()
+def greedy_completions(
+    model, tokenizer, texts: Sequence[str], max_new_tokens: int, batch_size: int = 256
+) -> list[str]:
+    """Batched greedy generation (left-padded), decoded without special tokens."""
+    pad = tokenizer.pad_token_id
+    out: list[str] = []
+    for start in range(0, len(texts), batch_size):
+        rows = [tokenizer(t).input_ids for t in texts[start : start + batch_size]]
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.long)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        gen = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        out.extend(tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True))
+    return out
+
+
+def greedy_accuracy(
+    model_or_path,
+    tokenizer,
+    prompts: Sequence[Prompt],
+    reward_fn: Callable[..., Sequence[float | None]],
+    max_new_tokens: int,
+) -> float:
+    """Mean reward of greedy completions (for an exact-match reward: accuracy).
+
+    `model_or_path` is a model or a Hugging Face folder; `tokenizer` may be None with a folder.
+    Samples the reward function does not score (None) are left out of the mean.
+    """
+    if isinstance(model_or_path, (str, Path)):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(model_or_path, dtype=torch.float32)
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_or_path)
+    else:
+        model = model_or_path
+    was_training = model.training
+    model.eval()
+    try:
+        texts = [p.text for p in prompts]
+        completions = greedy_completions(model, tokenizer, texts, max_new_tokens)
+    finally:
+        model.train(was_training)
+    columns = {k: [p.columns[k] for p in prompts] for k in prompts[0].columns}
+    scores = [s for s in reward_fn(texts, completions, **columns) if s is not None]
+    return float(sum(scores) / len(scores)) if scores else float("nan")

@@ -1,0 +1,161 @@
+"""From `LearnerConfig` to a running DeepSpeed engine: process group, ds config, optimizer.
+
+The process group is initialised here (not by `deepspeed.init_distributed`) so that joining
+has a deadline of its own and the backend is the one the config names.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from rlhf.config import Config, LearnerConfig
+
+SHM_COMM_OP = "deepspeed_shm_comm"
+
+
+def resolve_backend(choice: str) -> str:
+    """'auto' means NCCL when this process sees a GPU, gloo otherwise."""
+    if choice != "auto":
+        return choice
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def init_process_group(
+    master_addr: str,
+    master_port: int,
+    rank: int,
+    world_size: int,
+    backend: str,
+    join_timeout_s: float,
+    op_timeout_s: float,
+) -> None:
+    """Join the training group: rank 0 hosts the store; a missing peer fails after join_timeout_s."""
+    # DeepSpeed reads these (device choice, logging); LOCAL_RANK is 0 because Ray gives each
+    # GPU actor exactly the devices it asked for.
+    os.environ.update(
+        MASTER_ADDR=master_addr,
+        MASTER_PORT=str(master_port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK="0",
+    )
+    store = dist.TCPStore(
+        master_addr,
+        master_port,
+        world_size,
+        is_master=rank == 0,
+        timeout=timedelta(seconds=join_timeout_s),
+    )
+    dist.init_process_group(
+        backend,
+        store=store,
+        rank=rank,
+        world_size=world_size,
+        timeout=timedelta(seconds=op_timeout_s),
+    )
+    dist.barrier()  # everyone has joined before DeepSpeed starts its own collectives
+
+
+def skip_shm_comm_op() -> None:
+    """Keep DeepSpeed from JIT-compiling its shared-memory all-reduce (45-90 s on first use).
+
+    `deepspeed.init_distributed` builds that op whenever it wraps torch.distributed, even one
+    initialised beforehand; only DeepSpeed's inference all-reduce uses it, never training.
+    Marking it incompatible makes DeepSpeed fall back to the process group.
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__[SHM_COMM_OP] = False
+
+
+def ds_config(cfg: LearnerConfig, dtype: str, world_size: int) -> dict[str, Any]:
+    """DeepSpeed config. Accumulation is driven by the train step (explicit boundaries), so
+    DeepSpeed's own accumulation count stays 1 and its batch sizes are bookkeeping only."""
+    return {
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": cfg.micro_batch_size * world_size,
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "bf16": {"enabled": dtype == "bfloat16"},
+        "fp16": {"enabled": dtype == "float16"},
+        # a torch.optim.AdamW instance (DeepSpeed's FusedAdam would compile for ~80 s on CPU)
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+
+
+def warmup_factor(warmup_steps: int) -> Callable[[int], float]:
+    """Linear warm-up over `warmup_steps` optimizer steps (step 0 uses lr / warmup), then 1."""
+
+    def factor(step: int) -> float:
+        if warmup_steps <= 0:
+            return 1.0
+        return min(1.0, (step + 1) / warmup_steps)
+
+    return factor
+
+
+def make_optimizer(model: torch.nn.Module, cfg: LearnerConfig) -> torch.optim.Optimizer:
+    """AdamW; norms and biases (1-D parameters) get no weight decay."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(
+        [g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.adam_betas)
+    )
+
+
+def load_policy(model_path: str, gradient_checkpointing: bool) -> torch.nn.Module:
+    """The HF model in fp32 (DeepSpeed casts it for bf16/fp16), with dropout off.
+
+    Dropout off: old log-probs, new log-probs and the sampler must see the same function,
+    or the importance ratio is noise at step 0.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_path)
+    for key, value in list(vars(config).items()):
+        if "dropout" in key and isinstance(value, float):
+            setattr(config, key, 0.0)
+    model = AutoModelForCausalLM.from_pretrained(model_path, config=config, dtype=torch.float32)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    model.train()
+    return model
+
+
+def build_engine(cfg: Config, model_path: str, world_size: int):
+    """deepspeed.initialize on an already-initialised process group; returns the engine."""
+    import deepspeed
+
+    skip_shm_comm_op()
+    torch.manual_seed(cfg.run.seed)
+    model = load_policy(model_path, cfg.learner.gradient_checkpointing)
+    optimizer = make_optimizer(model, cfg.learner)
+    # Built on the client optimizer: DeepSpeed's ZeRO wrappers step it with its own
+    # param_groups, so the schedule's lr reaches every step.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_factor(cfg.learner.warmup_iterations)
+    )
+    engine, *_ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=ds_config(cfg.learner, cfg.model.dtype, world_size),
+        dist_init_required=False,
+    )
+    return engine

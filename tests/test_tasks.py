@@ -1,0 +1,93 @@
+"""The built-in addition task and its reward functions."""
+
+from __future__ import annotations
+
+import pytest
+
+from rlhf.config import TaskConfig
+from rlhf.data.tasks import TASKS, make_task
+from rlhf.rewards.builtin import BUILTIN_REWARDS, addition_digits, addition_exact
+
+
+def _texts(prompts):
+    return [p.text for p in prompts]
+
+
+def test_split_is_deterministic_disjoint_and_seeded():
+    cfg = TaskConfig(max_operand=99, num_prompts=4096, seed=3)
+    a, b = make_task(cfg), make_task(cfg)
+    assert _texts(a.train_prompts) == _texts(b.train_prompts)
+    assert _texts(a.eval_prompts) == _texts(b.eval_prompts)
+    train, held_out = set(_texts(a.train_prompts)), set(_texts(a.eval_prompts))
+    assert len(train) == 4096 and len(held_out) == 512  # no duplicates either
+    assert not train & held_out
+    other = make_task(TaskConfig(max_operand=99, num_prompts=4096, seed=4))
+    assert _texts(other.eval_prompts) != _texts(a.eval_prompts)
+
+
+def test_prompts_carry_their_answer_and_fit_max_new_tokens():
+    task = make_task(TaskConfig(max_operand=99, num_prompts=100))
+    for p in task.train_prompts + task.eval_prompts:
+        left, right = p.text.removesuffix("=").split("+")
+        assert p.columns["answer"] == str(int(left) + int(right))
+        assert 0 <= int(left) <= 99 and 0 <= int(right) <= 99
+    assert task.max_new_tokens == 4  # up to "198" and EOS
+    assert make_task(TaskConfig(max_operand=9, num_prompts=10)).max_new_tokens == 3
+
+
+def test_small_task_caps_train_prompts_at_what_is_left():
+    task = make_task(TaskConfig(max_operand=9, num_prompts=4096))
+    assert len(task.eval_prompts) == 10 and len(task.train_prompts) == 90
+
+
+def test_warm_start_examples_and_corpus():
+    task = make_task(TaskConfig(max_operand=20, num_prompts=50))
+    examples = task.supervised_examples()
+    assert len(examples) == 50
+    for prompt, completion in examples:
+        left, right = prompt.removesuffix("=").split("+")
+        assert completion == str(int(left) + int(right))
+    assert len(task.corpus()) == len(task.train_prompts) + len(task.eval_prompts)
+    assert all("=" in line and line[-1].isdigit() for line in task.corpus())
+
+
+def test_sample_train_is_a_function_of_the_seed():
+    task = make_task(TaskConfig())
+    first = _texts(task.sample_train(16, seed=7))
+    assert first == _texts(task.sample_train(16, seed=7))
+    assert len(set(first)) == 16
+    assert first != _texts(task.sample_train(16, seed=8))
+
+
+def test_unknown_task_names_the_choices():
+    assert "addition" in TASKS
+    with pytest.raises(ValueError, match="task.name 'nope' is unknown; allowed: addition"):
+        make_task(TaskConfig(name="nope"))
+
+
+COMPLETIONS = ["46", " 46\n", "45", "4 6", "abc", "", "046", "467", "4"]
+
+
+def test_exact_reward_on_hand_made_completions():
+    answers = ["46"] * len(COMPLETIONS)
+    scores = addition_exact(["12+34="] * len(COMPLETIONS), COMPLETIONS, answer=answers)
+    assert scores == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    # Integer answers and unrelated columns are accepted.
+    assert addition_exact(["1+1="], ["2"], answer=[2], source=["x"]) == [1.0]
+
+
+def test_digit_reward_gives_partial_credit_and_agrees_with_exact_at_one():
+    answers = ["46"] * len(COMPLETIONS)
+    scores = addition_digits(["12+34="] * len(COMPLETIONS), COMPLETIONS, answer=answers)
+    assert scores == [1.0, 1.0, 0.5, 0.0, 0.0, 0.0, 0.0, pytest.approx(2 / 3), 0.5]
+    exact = addition_exact(["12+34="] * len(COMPLETIONS), COMPLETIONS, answer=answers)
+    assert [s == 1.0 for s in scores] == [e == 1.0 for e in exact]
+
+
+def test_builtin_registry_and_lengths():
+    assert {"addition_exact", "addition_digits"} <= set(BUILTIN_REWARDS)
+    for fn in BUILTIN_REWARDS.values():
+        assert fn([], [], answer=[]) == []
+        assert len(fn(["1+2="] * 3, ["3", "x", ""], answer=["3"] * 3)) == 3
+        with pytest.raises(ValueError):  # misaligned columns are an error, not a silent cut
+            fn(["1+2="] * 2, ["3", "3"], answer=["3"])

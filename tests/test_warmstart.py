@@ -1,0 +1,113 @@
+"""Supervised warm start and the cached default model."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlhf.config import ConfigError, TaskConfig, WarmStartConfig, load_config
+from rlhf.data.tasks import make_task
+from rlhf.eval import greedy_accuracy
+from rlhf.models.default_model import cache_key, prepare_model
+from rlhf.models.tiny import build_tiny_model
+from rlhf.rewards.builtin import addition_exact
+from rlhf.warmstart import warm_start
+
+SMALL_MODEL = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Models this small gain nothing from a second thread, and OpenMP threads on busy cores
+    # (other tests, other jobs) slow training down several-fold.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_warm_start_teaches_addition_on_held_out_pairs(tmp_path):
+    # Sums of 0..19 + 0..19: 360 training pairs, 40 held out; about 20 s on one core.
+    task = make_task(TaskConfig(max_operand=19, num_prompts=360))
+    build_tiny_model(tmp_path, task.corpus(), intermediate_size=256, **SMALL_MODEL)
+    before = greedy_accuracy(tmp_path, None, task.eval_prompts, addition_exact, task.max_new_tokens)
+    stats = warm_start(tmp_path, task, WarmStartConfig(steps=300, batch_size=64, lr=3e-3), seed=0)
+    assert before <= 0.05
+    assert stats["warm_start/greedy_accuracy"] >= 0.5, stats
+    assert stats["warm_start/loss"] < 0.6
+    # The folder now holds the trained weights: reloading gives the same accuracy.
+    after = greedy_accuracy(tmp_path, None, task.eval_prompts, addition_exact, task.max_new_tokens)
+    assert after == pytest.approx(stats["warm_start/greedy_accuracy"])
+
+
+def _small_cfg(tmp_path: Path, *extra: str):
+    return load_config(
+        None,
+        [
+            f"model.cache_dir={tmp_path / 'cache'}",
+            "model.tiny.hidden_size=32",
+            "model.tiny.num_layers=1",
+            "model.tiny.intermediate_size=64",
+            "task.max_operand=9",
+            "warm_start.steps=5",
+            "warm_start.batch_size=8",
+            *extra,
+        ],
+    )
+
+
+def test_prepare_model_builds_once_then_reuses_the_cache(tmp_path):
+    cfg = _small_cfg(tmp_path)
+    first = prepare_model(cfg)
+    stats = json.loads((Path(first) / "rlhf_ready.json").read_text())
+    assert set(stats) >= {"warm_start/loss", "warm_start/greedy_accuracy"}
+    weights = Path(first) / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    t0 = time.perf_counter()
+    second = prepare_model(cfg)
+    assert second == first
+    assert time.perf_counter() - t0 < 1.0
+    assert weights.stat().st_mtime_ns == stamp  # not retrained
+    assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")] == [
+        Path(first).name
+    ]
+    # Every setting that shapes the model is in the key; the run's own seed is not.
+    for override in ("warm_start.steps=6", "model.tiny.seed=1", "task.seed=1"):
+        assert cache_key(_small_cfg(tmp_path, override)) != cache_key(cfg), override
+    assert cache_key(_small_cfg(tmp_path, "run.seed=5")) == cache_key(cfg)
+
+
+def _prepare_in_child(cache_dir: str, queue) -> None:
+    cfg = _small_cfg(Path(cache_dir).parent, "warm_start.enabled=false")
+    queue.put(prepare_model(cfg))
+
+
+def test_two_processes_building_at_once_get_one_model(tmp_path):
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [
+        ctx.Process(target=_prepare_in_child, args=(str(tmp_path / "cache"), queue))
+        for _ in range(2)
+    ]
+    for p in procs:
+        p.start()
+    paths = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert paths[0] == paths[1]
+    assert (Path(paths[0]) / "config.json").is_file()
+    # No half-built folders are left behind.
+    assert [p.name for p in (tmp_path / "cache").iterdir() if p.is_dir()] == [Path(paths[0]).name]
+
+
+def test_missing_model_path_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"model\.path: .*nowhere.* does not exist"):
+        prepare_model(load_config(None, [f"model.path={tmp_path / 'nowhere'}"]))
+    with pytest.raises(ConfigError, match=r"model\.path: .*no config\.json"):
+        prepare_model(load_config(None, [f"model.path={tmp_path}"]))

@@ -1,0 +1,169 @@
+"""The weight-sync group over real gloo process groups between real processes."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import socket
+import time
+
+import pytest
+import torch
+
+from rlhf.sync import (
+    ParamSpec,
+    WeightSyncGroup,
+    WeightSyncTimeout,
+    free_port,
+    manifest_of,
+    plan_buckets,
+)
+from rlhf.sync.buckets import bucket_nbytes, pack_bucket, unpack_bucket
+
+NAMES = ["learner-0", "rollout-0", "rollout-1"]
+HOST = "127.0.0.1"
+
+
+def _state(version: int) -> dict[str, torch.Tensor]:
+    """Many tensors of mixed shapes and dtypes; different values for every version."""
+    g = torch.Generator().manual_seed(version)
+    shapes = [(7, 3), (3,), (64, 32), (1,), (5, 5, 2), (300,)] * 10
+    out = {f"layers.{i}.w": torch.randn(s, generator=g) for i, s in enumerate(shapes)}
+    out["half"] = torch.randn(33, generator=g).to(torch.bfloat16)
+    out["index"] = torch.arange(10, dtype=torch.int64) * version
+    out["flag"] = torch.tensor([True, False, version % 2 == 0])
+    out["scalar"] = torch.tensor(float(version))
+    return out
+
+
+def _spawn(target, *args):
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, q), daemon=True)
+    proc.start()
+    assert q.get(timeout=60) == "up"
+    return proc, q
+
+
+def _join(proc, timeout: float = 30.0) -> None:
+    proc.join(timeout=timeout)
+    if proc.is_alive():
+        proc.kill()
+        pytest.fail("a receiver process hung")
+
+
+def _receiver(port, rank, world, versions, bucket_bytes, timeout_s, q) -> None:
+    q.put("up")  # torch is imported: joining starts now (short timeouts stay meaningful)
+    try:
+        group = WeightSyncGroup(HOST, port, rank, world, "gloo", timeout_s, NAMES[:world])
+        manifest = manifest_of(_state(0).items())
+        for v in versions:
+            got = list(group.receive(manifest, bucket_bytes, v))
+            want = _state(v)
+            same = [n for n, _ in got] == list(want) and all(
+                torch.equal(t, want[n]) and t.dtype == want[n].dtype for n, t in got
+            )
+            q.put((rank, v, same))
+        group.close()
+    except Exception as err:  # report, so the test fails (or checks) with the reason
+        q.put((rank, -1, f"{type(err).__name__}: {err}"))
+
+
+# ---------------------------------------------------------------- bucket planning
+def test_bucket_plan_is_deterministic_and_complete():
+    manifest = manifest_of(_state(0).items())
+    for bucket_bytes in (0, 100, 4096, 1 << 30):
+        plan = plan_buckets(manifest, bucket_bytes)
+        assert plan == plan_buckets(list(manifest), bucket_bytes)
+        assert [s for b in plan for s in b] == manifest  # every parameter once, in order
+        for b in plan:
+            assert len(b) == 1 or bucket_nbytes(b) <= bucket_bytes
+    assert len(plan_buckets(manifest, 0)) == len(manifest)
+    assert len(plan_buckets(manifest, 1 << 30)) == 1
+    big, small = ParamSpec("big", (1000,), "float32"), ParamSpec("s", (2,), "float32")
+    assert plan_buckets([small, big, small], 16) == [[small], [big], [small]]
+
+
+def test_pack_and_unpack_round_trip_mixed_dtypes():
+    state = _state(3)
+    manifest = manifest_of(state.items())
+    (bucket,) = plan_buckets(manifest, 1 << 30)
+    buf = pack_bucket(bucket, list(state.values()), "cpu")
+    assert buf.dtype == torch.uint8 and buf.numel() == bucket_nbytes(bucket)
+    for name, t in unpack_bucket(bucket, buf):
+        assert torch.equal(t, state[name]) and t.dtype == state[name].dtype
+    with pytest.raises(ValueError, match="layers.0.w"):
+        pack_bucket(bucket, [torch.zeros(2), *list(state.values())[1:]], "cpu")
+
+
+# ---------------------------------------------------------------- real process groups
+@pytest.mark.slow
+@pytest.mark.parametrize("bucket_bytes", [0, 4096, 1 << 30])
+def test_two_receivers_get_exact_tensors_for_two_versions(bucket_bytes):
+    port = free_port()
+    receivers = [_spawn(_receiver, port, r, 3, [1, 2], bucket_bytes, 30.0) for r in (1, 2)]
+    sender = WeightSyncGroup(HOST, port, 0, 3, "gloo", 30.0, NAMES)
+    try:
+        for v in (1, 2):
+            state = _state(v)
+            stats = sender.send(state.items(), manifest_of(state.items()), bucket_bytes, v)
+            assert stats["bytes"] == sum(t.numel() * t.element_size() for t in state.values())
+            assert stats["buckets"] == len(plan_buckets(manifest_of(state.items()), bucket_bytes))
+        results = sorted(q.get(timeout=60) for _, q in receivers for _ in range(2))
+        assert results == [(1, 1, True), (1, 2, True), (2, 1, True), (2, 2, True)]
+    finally:
+        sender.close()
+        for proc, _ in receivers:
+            _join(proc)
+    with socket.socket() as s:  # close() stopped the store: a rebuilt group can listen there
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as TCPStore does
+        s.bind((HOST, port))
+        s.listen()
+
+
+@pytest.mark.slow
+def test_peer_that_never_joins_is_named_and_nothing_hangs():
+    port = free_port()
+    # rollout-0 joins; rollout-1 never comes.
+    proc, q = _spawn(_receiver, port, 1, 3, [1], 4096, 3.0)
+    started = time.monotonic()
+    try:
+        with pytest.raises(WeightSyncTimeout, match=r"rollout-1 \(sync rank 2\) did not join"):
+            WeightSyncGroup(HOST, port, 0, 3, "gloo", 3.0, NAMES)
+        assert time.monotonic() - started < 3.0 + 5
+        rank, version, err = q.get(timeout=15)  # the receiver that came gave up too
+        assert (rank, version) == (1, -1)
+        # It names the absent peer, or the sender if the sender's store closed first.
+        assert "WeightSyncTimeout" in err
+        assert "rollout-1 (sync rank 2)" in err or "learner-0 (sync rank 0)" in err
+    finally:
+        _join(proc)
+
+
+@pytest.mark.slow
+def test_peer_that_never_gets_ready_is_named_and_nothing_hangs():
+    port = free_port()
+    # Both receivers join, but rollout-1 never asks for version 1.
+    ready = _spawn(_receiver, port, 1, 3, [1], 4096, 3.0)
+    idle = _spawn(_receiver, port, 2, 3, [], 4096, 3.0)
+    sender = WeightSyncGroup(HOST, port, 0, 3, "gloo", 3.0, NAMES)
+    try:
+        state = _state(1)
+        started = time.monotonic()
+        with pytest.raises(WeightSyncTimeout, match=r"rollout-1 \(sync rank 2\) did not get ready"):
+            sender.send(state.items(), manifest_of(state.items()), 4096, 1)
+        assert 2.5 < time.monotonic() - started < 3.0 + 5
+        rank, version, err = ready[1].get(timeout=15)  # the waiting receiver hears the abort
+        assert (rank, version) == (1, -1)
+        assert "aborted version 1" in err and "rollout-1 (sync rank 2)" in err
+    finally:
+        sender.close()
+        for proc, _ in (ready, idle):
+            _join(proc)
+
+
+def test_receiver_names_a_sender_that_never_starts():
+    port = free_port()
+    started = time.monotonic()
+    with pytest.raises(WeightSyncTimeout, match=r"learner-0 \(sync rank 0\)"):
+        WeightSyncGroup(HOST, port, 1, 2, "gloo", 2.0, NAMES[:2])
+    assert time.monotonic() - started < 2.0 + 5
