@@ -161,6 +161,30 @@ def test_peer_that_never_gets_ready_is_named_and_nothing_hangs():
             _join(proc)
 
 
+@pytest.mark.slow
+def test_sync_that_stops_midway_fails_on_both_sides_within_the_timeout():
+    port = free_port()
+    proc, q = _spawn(_receiver, port, 1, 2, [1], 0, 3.0)
+    sender = WeightSyncGroup(HOST, port, 0, 2, "gloo", 3.0, NAMES[:2])
+    try:
+        state = _state(1)
+        manifest = manifest_of(state.items())
+        items = list(state.items())
+        items[4] = ("not.in.manifest", items[4][1])  # the sender's source goes wrong mid-sync
+        with pytest.raises(ValueError, match="not.in.manifest"):
+            sender.send(items, manifest, 0, 1)
+        started = time.monotonic()
+        rank, version, err = q.get(timeout=15)  # the receiver is not left hanging
+        assert (rank, version) == (1, -1)
+        assert "WeightSyncTimeout" in err and "bucket 5/" in err
+        assert time.monotonic() - started < 3.0 + 5
+        with pytest.raises(WeightSyncTimeout, match="rebuild"):
+            sender.send(state.items(), manifest, 0, 2)
+    finally:
+        sender.close()
+        _join(proc)
+
+
 def test_receiver_names_a_sender_that_never_starts():
     port = free_port()
     started = time.monotonic()

@@ -59,6 +59,7 @@ class VLLMEngine:
         gpu_memory_utilization: float = 0.4,
         cpu_threads: int | None = None,
     ) -> None:
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # before vllm's logger exists
         on_cpu = _is_cpu_platform()
         if on_cpu:
             # Must be in os.environ before vLLM reads it and spawns its processes. The thread
@@ -68,7 +69,6 @@ class VLLMEngine:
             os.environ["OMP_NUM_THREADS"] = env.pop("OMP_NUM_THREADS")
             for key, value in env.items():
                 os.environ.setdefault(key, value)
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         from vllm import LLM
 
         # On CPU the KV cache is sized in bytes; on GPU by the memory fraction.

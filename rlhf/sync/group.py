@@ -224,15 +224,20 @@ class WeightSyncGroup:
         scratch = torch.empty(max(packed_sizes, default=0), dtype=torch.uint8, device=self.device)
         sent = 0
         for i, bucket in enumerate(buckets):
-            tensors = []
-            for spec in bucket:
-                name, t = next(source, (None, None))
-                if name != spec.name:
-                    raise ValueError(
-                        f"named_tensors gave {name!r} where manifest has {spec.name!r}"
-                    )
-                tensors.append(t)
-            buf = self._flat(bucket, tensors, scratch)
+            try:
+                tensors = []
+                for spec in bucket:
+                    name, t = next(source, (None, None))
+                    if name != spec.name:
+                        raise ValueError(
+                            f"named_tensors gave {name!r} where manifest has {spec.name!r}"
+                        )
+                    tensors.append(t)
+                buf = self._flat(bucket, tensors, scratch)
+            except Exception:
+                # Receivers are mid-version now; they fail on the backend's timeout.
+                self._broken = f"version {version} stopped at bucket {i + 1}"
+                raise
             self._broadcast(buf, f"version {version} bucket {i + 1}/{len(buckets)}")
             sent += sum(spec.nbytes for spec in bucket)  # payload, not padding
         if self.device.type == "cuda":
