@@ -142,7 +142,11 @@ class LearnerConfig(Section):
 
 class SyncConfig(Section):
     backend: Literal["auto", "gloo", "nccl"] = "auto"
-    bucket_bytes: int = Field(16 * 2**20, ge=0, description="0 = one broadcast per tensor; 16 MiB measured best on CPU (benchmarks/results/sync_bucketing.md)")
+    bucket_bytes: int = Field(
+        16 * 2**20,
+        ge=0,
+        description="0 = one broadcast per tensor; 16 MiB measured best on CPU (benchmarks/results/sync_bucketing.md)",
+    )
     timeout_s: float = Field(120.0, gt=0)
 
 

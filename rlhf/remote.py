@@ -42,7 +42,9 @@ def gather(calls: list[tuple[str, ray.ObjectRef]], timeout_s: float, what: str) 
                 raise WorkerDied(f"{what}: worker {name} died: {err}") from err
             except RayTaskError as err:
                 cause = err.cause if getattr(err, "cause", None) is not None else err
-                raise RemoteCallError(f"{what}: worker {name} failed: {type(cause).__name__}: {cause}") from err
+                raise RemoteCallError(
+                    f"{what}: worker {name} failed: {type(cause).__name__}: {cause}"
+                ) from err
             except GetTimeoutError as err:
                 raise RemoteCallTimeout(
                     f"{what}: {name} did not answer within {timeout_s:.0f} s"

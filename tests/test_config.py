@@ -17,7 +17,9 @@ def test_defaults_are_valid_and_round_trip(tmp_path):
 def test_yaml_then_overrides(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("rollout:\n  samples_per_prompt: 4\nlearner:\n  zero_stage: 3\n")
-    cfg = load_config(f, ["rollout.samples_per_prompt=6", "topology.rollout.workers=2", "algorithm.beta=0"])
+    cfg = load_config(
+        f, ["rollout.samples_per_prompt=6", "topology.rollout.workers=2", "algorithm.beta=0"]
+    )
     assert cfg.rollout.samples_per_prompt == 6
     assert cfg.learner.zero_stage == 3
     assert cfg.topology.rollout.workers == 2
@@ -27,7 +29,10 @@ def test_yaml_then_overrides(tmp_path):
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("rollout.samples=3", r"rollout\.samples: unknown field; allowed here: .*samples_per_prompt"),
+        (
+            "rollout.samples=3",
+            r"rollout\.samples: unknown field; allowed here: .*samples_per_prompt",
+        ),
         ("rollout.temperature=-1", r"rollout\.temperature: .*greater than 0 \(got -1\)"),
         ("learner.zero_stage=5", r"learner\.zero_stage: .*0, 1, 2 or 3"),
         ("bogus.x=1", r"bogus: unknown field; allowed here: algorithm, learner"),

@@ -17,7 +17,9 @@ from rlhf.types import Rollout, ScoredRollout
 
 def test_group_advantages_by_hand():
     # group 0: rewards 1, 0 -> mean 0.5, std 0.5 -> +1, -1; group 1: 2, 2, 2 -> all 0
-    adv = group_normalized_advantages(np.array([1.0, 0.0, 2.0, 2.0, 2.0]), np.array([0, 0, 1, 1, 1]), eps=0.0)
+    adv = group_normalized_advantages(
+        np.array([1.0, 0.0, 2.0, 2.0, 2.0]), np.array([0, 0, 1, 1, 1]), eps=0.0
+    )
     np.testing.assert_allclose(adv, [1.0, -1.0, 0.0, 0.0, 0.0])
     # unscaled (Dr. GRPO): just centred
     adv = group_normalized_advantages(np.array([3.0, 1.0, 2.0]), np.array([0, 0, 0]), scale=False)
@@ -76,7 +78,9 @@ def _scored(rewards, completions, version=3):
         policy_version=version,
     )
     ref = [[-0.7] * len(c) for c in completions]
-    return ScoredRollout(rollout=rollout, rewards=np.array(rewards, dtype=np.float32), ref_logprobs=ref)
+    return ScoredRollout(
+        rollout=rollout, rewards=np.array(rewards, dtype=np.float32), ref_logprobs=ref
+    )
 
 
 def test_grpo_batch_and_loss_by_hand():
@@ -89,7 +93,10 @@ def test_grpo_batch_and_loss_by_hand():
     assert adv[0, 2] == pytest.approx(1.0, abs=1e-4) and adv[1, 2] == pytest.approx(-1.0, abs=1e-4)
     assert metrics["batch/flat_group_fraction"] == 0.0
 
-    t = {k: torch.from_numpy(getattr(batch, k)) for k in ("loss_weights", "advantages", "ref_logprobs")}
+    t = {
+        k: torch.from_numpy(getattr(batch, k))
+        for k in ("loss_weights", "advantages", "ref_logprobs")
+    }
     lp = torch.full(batch.input_ids.shape, -0.5)
     loss, m = algo.loss(lp, lp.detach(), t)
     # ratio 1: policy term = -sum(w * A) = -(3 * 1 - 2 * 1) / 5 = -0.2

@@ -64,7 +64,10 @@ def _hf_greedy(model_dir: str, prompt_ids: list[list[int]], max_new_tokens: int)
     with torch.no_grad():
         for ids in prompt_ids:
             gen = model.generate(
-                torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=eos
+                torch.tensor([ids]),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=eos,
             )[0, len(ids) :].tolist()
             # generate pads after EOS; the engines stop at it
             out.append(gen[: gen.index(eos) + 1] if eos in gen else gen)
@@ -94,17 +97,27 @@ def test_loop_with_two_rollout_workers_and_two_learner_ranks(tmp_path, zero_stag
             assert r["sync/logprob_abs_diff"] < 1e-3, r["sync/logprob_abs_diff"]
 
         # Both learner ranks hold the same weights, and training moved them.
-        sums = gather([(n, a.state_checksum.remote()) for n, a in pools.learner_items()], 120, "checksum")
+        sums = gather(
+            [(n, a.state_checksum.remote()) for n, a in pools.learner_items()], 120, "checksum"
+        )
         assert sums[0] == pytest.approx(sums[1], rel=1e-6)
 
         final = tmp_path / "after-sync"
-        gather([(n, a.save_pretrained.remote(str(final))) for n, a in pools.learner_items()], 300, "save")
+        gather(
+            [(n, a.save_pretrained.remote(str(final))) for n, a in pools.learner_items()],
+            300,
+            "save",
+        )
         prompt_ids = [trainer.tokenizer(p.text).input_ids for p in task.eval_prompts[:32]]
         expected = _hf_greedy(str(final), prompt_ids, cfg.rollout.max_new_tokens)
         initial = _hf_greedy(model_path, prompt_ids, cfg.rollout.max_new_tokens)
-        assert expected != initial, "training did not change greedy outputs; the check below would be vacuous"
+        assert expected != initial, (
+            "training did not change greedy outputs; the check below would be vacuous"
+        )
         for name, actor in pools.rollout_items():
-            rollout = gather([(name, actor.generate.remote(prompt_ids, 1, 0, True))], 300, "greedy")[0]
+            rollout = gather(
+                [(name, actor.generate.remote(prompt_ids, 1, 0, True))], 300, "greedy"
+            )[0]
             assert rollout.policy_version == ITERATIONS
             assert rollout.completion_ids == expected, name
     finally:

@@ -5,7 +5,12 @@ import math
 import numpy as np
 import pytest
 
-from rlhf.rewards.scoring import NamedReward, RewardFunctionError, resolve_reward_function, score_batch
+from rlhf.rewards.scoring import (
+    NamedReward,
+    RewardFunctionError,
+    resolve_reward_function,
+    score_batch,
+)
 
 PROMPTS = ["a", "b", "c"]
 COMPLETIONS = ["x", "yy", "zzz"]
@@ -30,7 +35,7 @@ def _score(fns, on_error="drop", columns=None):
 
 def test_weighted_sum_and_columns_are_passed():
     def uses_column(prompts, completions, answer, **kw):
-        return [1.0 if c == a else 0.0 for c, a in zip(completions, answer)]
+        return [1.0 if c == a else 0.0 for c, a in zip(completions, answer, strict=True)]
 
     r, m = _score([(length, 0.5), (uses_column, 2.0)], columns={"answer": ["x", "no", "zzz"]})
     np.testing.assert_allclose(r, [0.5 + 2.0, 1.0, 1.5 + 2.0])
