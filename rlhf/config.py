@@ -80,7 +80,7 @@ class WarmStartConfig(Section):
     """A short supervised warm start on the task, so RL starts from a policy with signal."""
 
     enabled: bool = True
-    steps: int = Field(300, ge=0)
+    steps: int = Field(400, ge=0)
     batch_size: int = Field(128, gt=0)
     lr: float = Field(1e-3, gt=0)
 
@@ -88,9 +88,9 @@ class WarmStartConfig(Section):
 # ---------------------------------------------------------------- pools
 class RolloutConfig(Section):
     engine: Literal["vllm", "hf"] = "vllm"
-    prompts_per_iteration: int = Field(16, gt=0)
+    prompts_per_iteration: int = Field(64, gt=0)
     samples_per_prompt: int = Field(8, gt=0)
-    max_new_tokens: int = Field(8, gt=0)
+    max_new_tokens: int = Field(4, gt=0)
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0, description="0 disables top-k")
@@ -115,7 +115,7 @@ class RewardConfig(Section):
 
 class GRPOConfig(Section):
     name: Literal["grpo"] = "grpo"
-    beta: float = Field(0.04, ge=0, description="KL coefficient; 0 skips the reference pool")
+    beta: float = Field(0.01, ge=0, description="KL coefficient; 0 skips the reference pool")
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     clip_low: float = Field(0.2, ge=0)
     clip_high: float = Field(0.2, ge=0, description="DAPO clip-higher uses 0.28")
@@ -129,8 +129,8 @@ AlgorithmConfig = GRPOConfig  # becomes a union discriminated by `name` as algor
 
 
 class LearnerConfig(Section):
-    lr: float = Field(2e-5, gt=0)
-    warmup_iterations: int = Field(5, ge=0)
+    lr: float = Field(1e-4, gt=0)
+    warmup_iterations: int = Field(10, ge=0)
     weight_decay: float = Field(0.0, ge=0)
     adam_betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float = Field(1.0, ge=0, description="0 disables clipping")

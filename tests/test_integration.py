@@ -38,6 +38,7 @@ def _cfg(tmp_path, zero_stage: int):
             # a group, so advantages (and updates) are non-zero from the first iteration.
             "reward.functions=[{name: addition_digits}]",
             "learner.warmup_iterations=0",
+            "algorithm.beta=0.04",  # exercise the reference pool whatever the default
             "rollout.prompts_per_iteration=8",
             "rollout.samples_per_prompt=4",
             "warm_start.steps=60",
