@@ -8,13 +8,14 @@ import os
 from rlhf.config import Config
 
 
-def requested_cpus(cfg: Config, needs_reference: bool) -> float:
+def requested_cpus(cfg: Config, uses_reference: bool, uses_critic: bool = False) -> float:
     t = cfg.topology
-    pools = [t.rollout, t.learner, t.reward] + ([t.reference] if needs_reference else [])
+    pools = [t.rollout, t.learner, t.reward]
+    pools += ([t.reference] if uses_reference else []) + ([t.critic] if uses_critic else [])
     return sum(p.workers * p.num_cpus for p in pools)
 
 
-def connect(cfg: Config, needs_reference: bool) -> None:
+def connect(cfg: Config, uses_reference: bool, uses_critic: bool = False) -> None:
     import ray
 
     if ray.is_initialized():
@@ -30,7 +31,7 @@ def connect(cfg: Config, needs_reference: bool) -> None:
         # Phases run one after another, so a local cluster may promise more CPUs than the
         # machine has: the topology's reservations are for placement, not exclusive use.
         num_cpus = cfg.ray.num_cpus or max(
-            math.ceil(requested_cpus(cfg, needs_reference)), os.cpu_count() or 1
+            math.ceil(requested_cpus(cfg, uses_reference, uses_critic)), os.cpu_count() or 1
         )
         ray.init(
             num_cpus=num_cpus,

@@ -11,15 +11,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from rlhf.algorithms import ALGORITHMS, AlgorithmConfig
+from rlhf.algorithms.grpo import GRPOConfig
+from rlhf.configbase import ConfigError, Section
 
-class ConfigError(ValueError):
-    """A config problem, phrased for the user: which field, what was given, what is allowed."""
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+__all__ = ["Config", "ConfigError", "Section", "load_config", "build_config", "dump_config"]
 
 
 # ---------------------------------------------------------------- topology: read it in one block
@@ -34,6 +32,9 @@ class TopologyConfig(Section):
     learner: PoolConfig = PoolConfig(workers=1)
     reference: PoolConfig = PoolConfig(workers=1, num_cpus=0.5)
     reward: PoolConfig = PoolConfig(workers=1, num_cpus=0.5)
+    critic: PoolConfig = Field(
+        PoolConfig(workers=1), description="value-model ranks; started only by ppo"
+    )
 
     @model_validator(mode="after")
     def _at_least_one(self) -> TopologyConfig:
@@ -113,21 +114,6 @@ class RewardConfig(Section):
     )
 
 
-class GRPOConfig(Section):
-    name: Literal["grpo"] = "grpo"
-    beta: float = Field(0.01, ge=0, description="KL coefficient; 0 skips the reference pool")
-    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
-    clip_low: float = Field(0.2, ge=0)
-    clip_high: float = Field(0.2, ge=0, description="DAPO clip-higher uses 0.28")
-    scale_rewards: bool = Field(True, description="False = Dr. GRPO (no std division)")
-    loss_aggregation: Literal["token_mean", "sequence_mean", "constant_normalizer"] = "token_mean"
-    epochs: int = Field(1, gt=0, description="passes over each iteration's batch")
-    mini_batches: int = Field(1, gt=0, description="optimizer steps per epoch")
-
-
-AlgorithmConfig = GRPOConfig  # becomes a union discriminated by `name` as algorithms are added
-
-
 class LearnerConfig(Section):
     lr: float = Field(1e-4, gt=0)
     warmup_iterations: int = Field(10, ge=0)
@@ -138,6 +124,16 @@ class LearnerConfig(Section):
     micro_batch_size: int = Field(64, gt=0, description="rows per forward/backward")
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     gradient_checkpointing: bool = False
+
+
+class CriticConfig(LearnerConfig):
+    """The critic's DeepSpeed ranks (ppo): same knobs as the learner's, plus where it starts."""
+
+    init_from: str | None = Field(
+        None,
+        description="None: the policy's backbone with a fresh value head; or a reward-model "
+        "folder (its score head is used when it has one)",
+    )
 
 
 class SyncConfig(Section):
@@ -157,6 +153,7 @@ class RunConfig(Section):
     name: str | None = Field(None, description="run folder name; default: a timestamp")
     call_timeout_s: float = Field(600.0, gt=0, description="limit for any one remote call")
     eval_every: int = Field(0, ge=0, description="greedy accuracy on held-out prompts; 0 = off")
+    eval_prompts: int = Field(512, gt=0, description="held-out prompts per evaluation (at most)")
     progress_bar: bool = True
     save_model: bool = True
 
@@ -172,16 +169,35 @@ class Config(Section):
     reward: RewardConfig = RewardConfig()
     algorithm: AlgorithmConfig = GRPOConfig()
     learner: LearnerConfig = LearnerConfig()
+    critic: CriticConfig = CriticConfig()
     sync: SyncConfig = SyncConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_algorithm_name(cls, data: Any) -> Any:
+        # `algorithm.beta=0` alone tunes the default algorithm: the union needs its tag.
+        algo = data.get("algorithm") if isinstance(data, dict) else None
+        if isinstance(algo, dict) and "name" not in algo:
+            data = {**data, "algorithm": {"name": GRPOConfig.model_fields["name"].default, **algo}}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
-        if self.algorithm.name == "grpo" and self.rollout.samples_per_prompt < 2:
+        self.algorithm.check(self)
+        needs = ALGORITHMS[self.algorithm.name](self.algorithm, self.rollout.max_new_tokens).needs
+        if "ref_logprobs" in needs and self.topology.reference.workers < 1:
             raise ValueError(
-                "rollout.samples_per_prompt must be >= 2 for grpo (advantages compare samples of a prompt)"
+                f"topology.reference.workers must be >= 1: {self.algorithm.name} with "
+                f"beta={self.algorithm.beta} uses the reference model"
             )
-        if self.algorithm.beta > 0 and self.topology.reference.workers < 1:
-            raise ValueError("topology.reference.workers must be >= 1 when algorithm.beta > 0")
+        n = self.rollout.samples_per_prompt
+        for section in ("learner", "critic"):
+            if getattr(self, section).micro_batch_size < n:
+                raise ValueError(
+                    f"{section}.micro_batch_size ({getattr(self, section).micro_batch_size}) must "
+                    f"be >= rollout.samples_per_prompt ({n}): a prompt's samples stay in one "
+                    "micro-batch"
+                )
         return self
 
 
@@ -207,13 +223,35 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, yaml.safe_load(raw) if raw.strip() else None
 
 
-def _allowed_fields(loc: tuple[Any, ...]) -> list[str] | None:
+def _algorithm_configs() -> dict[str, type[Section]]:
+    """Each algorithm's config class by its `name` tag (the members of AlgorithmConfig)."""
+    from typing import get_args
+
+    union = get_args(AlgorithmConfig)[0]
+    return {cls.model_fields["name"].default: cls for cls in get_args(union)}
+
+
+def _walk(loc: tuple[Any, ...]) -> tuple[Any, list[str]]:
+    """The section a location points into, and the dotted path a user writes (pydantic puts
+    the union's tag into locations inside `algorithm`: 'algorithm.ppo.lam' -> 'algorithm.lam')."""
     model: Any = Config
-    for part in loc[:-1]:
+    shown: list[str] = []
+    for part in loc:
+        if model is AlgorithmConfig:
+            tagged = _algorithm_configs().get(part)
+            if tagged is not None:
+                model = tagged
+                continue
+        shown.append(str(part))
         field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            return None
-        model = field.annotation
+        model = None if field is None else field.annotation
+        if model is not None and part == "algorithm":
+            model = AlgorithmConfig
+    return model, shown
+
+
+def _allowed_fields(loc: tuple[Any, ...]) -> list[str] | None:
+    model, _ = _walk(loc[:-1])
     fields = getattr(model, "model_fields", None)
     return sorted(fields) if fields else None
 
@@ -221,12 +259,14 @@ def _allowed_fields(loc: tuple[Any, ...]) -> list[str] | None:
 def format_validation_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        loc = tuple(p for p in e["loc"] if not isinstance(p, int) or True)
-        where = ".".join(str(p) for p in loc) or "(top level)"
+        loc = tuple(e["loc"])
+        where = ".".join(_walk(loc)[1]) or "(top level)"
         if e["type"] == "extra_forbidden":
             allowed = _allowed_fields(loc)
             hint = f"; allowed here: {', '.join(allowed)}" if allowed else ""
             lines.append(f"  {where}: unknown field{hint}")
+        elif not loc:  # a check across sections: its message names the fields itself
+            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
         else:
             given = e.get("input")
             shown = "" if isinstance(given, dict) else f" (got {given!r})"

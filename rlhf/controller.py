@@ -1,7 +1,11 @@
 """The controller: drives one synchronous iteration after another over the actor pools.
 
-    generate (rollout pool) -> reward + reference (concurrently) -> build batch (algorithm)
-    -> train (learner group) -> weight sync (learner rank 0 -> every rollout worker)
+    generate (rollout pool)
+    -> the stages the algorithm needs, at once: rewards (reward pool), reference log-probs
+       (reference pool), old log-probs (learner pool), values (critic pool)
+    -> algorithm.prepare (advantages, returns, loss weights; numpy, here)
+    -> train: learner and critic pools at once, each on its planned shards
+    -> weight sync (learner rank 0 -> every rollout worker)
 
 It never touches model weights: they flow from the learner to the rollout engines directly.
 """
@@ -10,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -18,23 +21,23 @@ from typing import Any
 import numpy as np
 
 from rlhf.algorithms import make_algorithm
-from rlhf.algorithms.batching import shard_batch
+from rlhf.batch import collate_rollouts, plan_shards
 from rlhf.config import Config, dump_config
-from rlhf.metrics import MetricsLog, console_line, mean_over
+from rlhf.dispatch import Pending, wait_all
+from rlhf.metrics import MetricsLog, combine, console_line, mean_over
 from rlhf.pools import Pools
-from rlhf.remote import gather
-from rlhf.types import Prompt, Rollout, ScoredRollout
+from rlhf.stages import (
+    OldLogprobStage,
+    ReferenceStage,
+    RewardStage,
+    Sampled,
+    Stage,
+    ValueStage,
+    rollout_metrics,
+)
+from rlhf.types import Prompt
 
 log = logging.getLogger(__name__)
-
-# Learner metrics that are per-rank values (averaged), not weighted sums (added up).
-PER_RANK_METRICS = ("learner/grad_norm", "learner/lr", "learner/seconds")
-
-
-def split_evenly(items: list[Any], parts: int) -> list[list[Any]]:
-    """Contiguous, near-equal chunks (some may be empty when items < parts)."""
-    bounds = np.linspace(0, len(items), parts + 1).round().astype(int)
-    return [items[bounds[i] : bounds[i + 1]] for i in range(parts)]
 
 
 class Trainer:
@@ -55,174 +58,164 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def start(self) -> None:
-        self.pools = Pools.start(self.cfg, self.model_path, self.algorithm.needs_reference)
+        self.pools = Pools.start(self.cfg, self.model_path, self.algorithm.needs)
+
+    def _stages(self, columns: set[str] | frozenset[str]) -> list[Stage]:
+        assert self.pools is not None
+        p, t, cfg = self.pools, self.timeout, self.cfg
+        make = {
+            "rewards": lambda: RewardStage(p.reward, t),
+            "ref_logprobs": lambda: ReferenceStage(p.reference, t),
+            "old_logprobs": lambda: OldLogprobStage(p.learner, t, cfg.learner.micro_batch_size),
+            "values": lambda: ValueStage(p.critic, t, cfg.critic.micro_batch_size),
+        }
+        return [
+            make[c]() for c in ("rewards", "ref_logprobs", "old_logprobs", "values") if c in columns
+        ]
 
     # ------------------------------------------------------------------ one iteration
     def iteration(self, it: int) -> dict[str, Any]:
         assert self.pools is not None
-        cfg, pools = self.cfg, self.pools
+        cfg, algo = self.cfg, self.algorithm
         record: dict[str, Any] = {"iteration": it, "policy_version": self.policy_version}
         started = time.perf_counter()
 
-        prompts = self.task.sample_train(
-            cfg.rollout.prompts_per_iteration, seed=cfg.run.seed * 100_003 + it
-        )
         t0 = time.perf_counter()
-        rollouts = self._generate(prompts, seed=cfg.run.seed * 1_000_003 + it * 1_009)
+        sampled = self._sample(cfg.rollout.prompts_per_iteration, it, 0)
         record["time/generate"] = time.perf_counter() - t0
-
-        scored, score_metrics = self._score(prompts, rollouts)
-        record.update(score_metrics)
+        needs = set(algo.needs)
+        if algo.refill_rounds > 0:
+            sampled, refill_metrics = self._refill(sampled, it)
+            record.update(refill_metrics)
+            needs.discard("rewards")
+        record.update(self._run_stages(needs, sampled))
+        record.update(rollout_metrics(sampled))
         # Invariant: in synchronous mode every sample comes from the weights being trained.
-        stale = [r.worker for r in rollouts if r.policy_version != self.policy_version]
+        stale = [r.worker for r in sampled.rollouts if r.policy_version != self.policy_version]
         if stale:
             raise RuntimeError(
                 f"rollouts from {stale} are stale (learner is at {self.policy_version})"
             )
 
+        batch = sampled.batch
+        record.update(algo.prepare(batch))
         t0 = time.perf_counter()
-        batch, batch_metrics = self.algorithm.build_batch(scored, self.tokenizer.pad_token_id)
-        record.update(batch_metrics)
-        shards = shard_batch(batch, len(pools.learners))
-        learner_metrics = gather(
-            [
-                (n, a.train_step.remote(s))
-                for (n, a), s in zip(pools.learner_items(), shards, strict=True)
-            ],
-            self.timeout,
-            "train_step",
-        )
-        record.update(_combine_learner_metrics(learner_metrics))
+        train_policy = not algo.critic_only(it)
+        pending: list[Pending] = []
+        if train_policy:
+            shards = plan_shards(
+                batch,
+                len(self.pools.learner),
+                algo.mini_batches,
+                cfg.learner.micro_batch_size,
+                algo.epochs,
+            )
+            pending.append(self.pools.learner.call_each("train_step", [(s,) for s in shards]))
+        if algo.trains_critic:
+            shards = plan_shards(
+                batch,
+                len(self.pools.critic),
+                algo.mini_batches,
+                cfg.critic.micro_batch_size,
+                algo.epochs,
+            )
+            pending.append(self.pools.critic.call_each("train_step", [(s,) for s in shards]))
+        for part in wait_all(pending, self.timeout, "train_step"):
+            record.update(combine(part))
         record["time/train"] = time.perf_counter() - t0
+        _derive_sampler_gap(record)
 
         t0 = time.perf_counter()
-        self.policy_version += 1
-        pools.sync_weights(self.policy_version, self.timeout)
+        if train_policy:
+            self.policy_version += 1
+            self.pools.sync_weights(self.policy_version, self.timeout)
         record["time/sync"] = time.perf_counter() - t0
+        record.update(algo.after_iteration(record))
         record["time/iteration"] = time.perf_counter() - started
         return record
 
-    def _generate(self, prompts: list[Prompt], seed: int) -> list[Rollout]:
+    def _sample(self, num_prompts: int, it: int, round_: int) -> Sampled:
+        """Prompts for (iteration, round), a pure function of the seed, generated."""
+        seed = self.cfg.run.seed * 100_003 + it + 7919 * round_
+        prompts = self.task.sample_train(num_prompts, seed=seed)
+        return self._generate(prompts, seed=self.cfg.run.seed * 1_000_003 + it * 1_009 + round_)
+
+    def _generate(self, prompts: list[Prompt], seed: int, greedy: bool = False) -> Sampled:
         assert self.pools is not None
+        n = 1 if greedy else self.cfg.rollout.samples_per_prompt
         ids = [self.tokenizer(p.text).input_ids for p in prompts]
-        chunks = split_evenly(ids, len(self.pools.rollouts))
-        calls = [
-            (name, actor.generate.remote(chunk, self.cfg.rollout.samples_per_prompt, seed + i))
-            for i, ((name, actor), chunk) in enumerate(
-                zip(self.pools.rollout_items(), chunks, strict=True)
-            )
-            if chunk
-        ]
-        return gather(calls, self.timeout, "generate")
-
-    def _score(
-        self, prompts: list[Prompt], rollouts: list[Rollout]
-    ) -> tuple[list[ScoredRollout], dict[str, Any]]:
-        """Rewards and reference log-probs for every sample, the two pools working at once."""
-        assert self.pools is not None
-        pools, n = self.pools, self.cfg.rollout.samples_per_prompt
-        # Rollouts hold contiguous chunks of `prompts`, n samples per prompt, in order.
-        per_sample_prompts = [p for p in prompts for _ in range(n)]
-        completions = [t for r in rollouts for t in r.completion_texts]
-        flat_prompt_ids = [p for r in rollouts for p in r.prompt_ids]
-        flat_completion_ids = [c for r in rollouts for c in r.completion_ids]
-
-        t0 = time.perf_counter()
-        sample_idx = list(range(len(completions)))
-        reward_parts = split_evenly(sample_idx, len(pools.rewards))
-        reward_calls = []
-        for (name, actor), part in zip(pools.reward_items(), reward_parts, strict=True):
-            if not part:
-                continue
-            columns = {
-                k: [per_sample_prompts[i].columns[k] for i in part]
-                for k in per_sample_prompts[0].columns
-            }
-            reward_calls.append(
-                (
-                    name,
-                    actor.score.remote(
-                        [per_sample_prompts[i].text for i in part],
-                        [completions[i] for i in part],
-                        columns,
-                    ),
-                )
-            )
-        ref_calls = []
-        if self.algorithm.needs_reference:
-            ref_parts = split_evenly(sample_idx, len(pools.references))
-            for (name, actor), part in zip(pools.reference_items(), ref_parts, strict=True):
-                if part:
-                    ref_calls.append(
-                        (
-                            name,
-                            actor.logprobs.remote(
-                                [flat_prompt_ids[i] for i in part],
-                                [flat_completion_ids[i] for i in part],
-                            ),
-                        )
-                    )
-        reward_results = gather(reward_calls, self.timeout, "reward")
-        t_reward = time.perf_counter() - t0
-        ref_results = gather(ref_calls, self.timeout, "reference")
-        t_ref = time.perf_counter() - t0
-
-        rewards = np.concatenate([r for r, _ in reward_results]).astype(np.float32)
-        ref_flat = [row for part in ref_results for row in part] if ref_calls else None
-        metrics: dict[str, Any] = {}
-        for _, m in reward_results:
-            for k, v in m.items():
-                metrics[k] = (
-                    metrics.get(k, 0.0) + v if k.endswith(("dropped", "errors", "nonfinite")) else v
-                )
-        valid = rewards[~np.isnan(rewards)]
-        metrics["reward/mean"] = float(valid.mean()) if valid.size else math.nan
-        metrics["reward/std"] = float(valid.std()) if valid.size else math.nan
-        lengths = [len(c) for c in flat_completion_ids]
-        metrics["rollout/tokens"] = float(sum(lengths))
-        metrics["rollout/length_mean"] = float(np.mean(lengths))
-        metrics["rollout/truncated_fraction"] = float(
-            np.mean([f == "length" for r in rollouts for f in r.finish_reasons])
+        # each prompt is a unit; parts are contiguous, so rollouts come back in prompt order
+        pending = self.pools.rollout.split(
+            "generate",
+            np.arange(len(ids)),
+            lambda rows: ([ids[i] for i in rows], n, seed + int(rows[0]), greedy),
+            what="evaluate" if greedy else "generate",
         )
-        # Both pools work at once: time/reward and time/reference overlap (both from submit).
-        metrics["time/reward"] = t_reward
-        metrics["time/reference"] = t_ref if ref_calls else 0.0
+        rollouts = pending.wait(self.timeout)
+        batch = collate_rollouts(rollouts, self.tokenizer.pad_token_id)
+        return Sampled(
+            prompts=prompts,
+            rollouts=rollouts,
+            batch=batch,
+            texts=[t for r in rollouts for t in r.completion_texts],
+            prompt_of_row=batch.units.copy(),
+        )
 
-        scored, offset = [], 0
-        for r in rollouts:
-            k = len(r)
-            scored.append(
-                ScoredRollout(
-                    rollout=r,
-                    rewards=rewards[offset : offset + k],
-                    ref_logprobs=ref_flat[offset : offset + k] if ref_flat is not None else None,
-                )
+    def _run_stages(self, columns: set[str], sampled: Sampled) -> dict[str, float]:
+        """Submit every needed stage, then collect each: the pools work at the same time."""
+        stages = self._stages(columns)
+        pending = [stage.submit(sampled) for stage in stages]
+        metrics: dict[str, float] = {}
+        for stage, p in zip(stages, pending, strict=True):
+            metrics.update(stage.collect(p, sampled))
+        return metrics
+
+    def _refill(self, first: Sampled, it: int) -> tuple[Sampled, dict[str, float]]:
+        """Dynamic sampling with refill (DAPO): score, keep the units the algorithm keeps
+        (groups whose rewards differ), and generate more prompts until the batch has
+        `prompts_per_iteration` of them or the rounds run out (the shortfall is counted)."""
+        algo, target = self.algorithm, self.cfg.rollout.prompts_per_iteration
+        kept: list[Sampled] = []
+        per_round: list[dict[str, float]] = []
+        have, sampled, generate_seconds = 0, first, 0.0
+        for round_ in range(algo.refill_rounds + 1):
+            if round_ > 0:
+                t0 = time.perf_counter()
+                sampled = self._sample(target - have, it, round_)
+                generate_seconds += time.perf_counter() - t0
+            per_round.append(self._run_stages({"rewards"}, sampled))
+            keep = algo.keep_units(sampled.batch)
+            rows = np.arange(len(sampled.batch)) if keep is None else np.flatnonzero(keep)
+            units = np.unique(sampled.batch.units[rows])[: target - have]
+            rows = rows[np.isin(sampled.batch.units[rows], units)]
+            kept.append(sampled.select_rows(rows))
+            have += len(units)
+            if have >= target:
+                break
+        metrics = combine(per_round)
+        metrics["reward/mean"] = float(np.mean([m["reward/mean"] for m in per_round]))
+        metrics["reward/std"] = float(np.mean([m["reward/std"] for m in per_round]))
+        metrics["time/generate_refill"] = generate_seconds
+        metrics["dynamic/rounds"] = float(len(per_round))
+        metrics["dynamic/kept_groups"] = float(have)
+        metrics["dynamic/short_by"] = float(max(target - have, 0))
+        if not kept or have == 0:
+            raise RuntimeError(
+                f"dynamic sampling: no prompt group with differing rewards in "
+                f"{len(per_round)} rounds; raise algorithm.max_refill_rounds or turn it off"
             )
-            offset += k
-        return scored, metrics
+        return Sampled.concat(kept), metrics
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self, limit: int = 256) -> float:
-        """Greedy mean reward on held-out prompts, generated by the rollout engines."""
+    def evaluate(self) -> float:
+        """Greedy mean reward on held-out prompts, generated by the rollout engines and
+        scored with the task's own reward (for the built-in tasks: exact-answer accuracy)."""
         assert self.pools is not None
-        prompts = self.task.eval_prompts[:limit]
-        ids = [self.tokenizer(p.text).input_ids for p in prompts]
-        chunks = split_evenly(ids, len(self.pools.rollouts))
-        calls = [
-            (name, actor.generate.remote(chunk, 1, 0, True))
-            for (name, actor), chunk in zip(self.pools.rollout_items(), chunks, strict=True)
-            if chunk
-        ]
-        rollouts = gather(calls, self.timeout, "evaluate")
-        completions = [t for r in rollouts for t in r.completion_texts]
-        columns = {k: [p.columns[k] for p in prompts] for k in prompts[0].columns}
-        name, actor = self.pools.reward_items()[0]
-        rewards, _ = gather(
-            [(name, actor.score.remote([p.text for p in prompts], completions, columns))],
-            self.timeout,
-            "evaluate",
-        )[0]
-        return float(np.nanmean(rewards))
+        prompts = self.task.eval_prompts[: self.cfg.run.eval_prompts]
+        sampled = self._generate(prompts, seed=0, greedy=True)
+        stage = RewardStage(self.pools.reward, self.timeout, functions=[self.task.default_reward])
+        stage.collect(stage.submit(sampled), sampled)
+        return float(np.nanmean(sampled.batch["rewards"]))
 
     # ------------------------------------------------------------------ the run
     def run(self, progress: bool = True) -> dict[str, Any]:
@@ -243,20 +236,22 @@ class Trainer:
             )
             (bar.write if progress else print)(console_line(record))
         summary["eval/greedy_reward_after"] = self.evaluate()
+        summary["eval/greedy_rise"] = (
+            summary["eval/greedy_reward_after"] - summary["eval/greedy_reward_before"]
+        )
         h = self.metrics.history
         summary["reward/first_10pct"] = mean_over(h, "reward/mean", first=True)
         summary["reward/last_10pct"] = mean_over(h, "reward/mean", first=False)
         summary["reward/rise"] = summary["reward/last_10pct"] - summary["reward/first_10pct"]
         summary["iterations"] = len(h)
         summary["seconds/train_loop"] = time.perf_counter() - started
+        summary["seconds/iteration"] = (
+            float(np.mean([r["time/iteration"] for r in h])) if h else 0.0
+        )
         if cfg.run.save_model:
             final = self.run_dir / "final"
             assert self.pools is not None
-            gather(
-                [(n, a.save_pretrained.remote(str(final))) for n, a in self.pools.learner_items()],
-                self.timeout,
-                "save_pretrained",
-            )
+            self.pools.learner.call_all("save_pretrained", str(final)).wait(self.timeout)
             summary["final_model"] = str(final)
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
@@ -268,13 +263,9 @@ class Trainer:
             self.pools = None
 
 
-def _combine_learner_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for key in per_rank[0]:
-        values = [m[key] for m in per_rank]
-        out[key] = float(np.mean(values)) if key in PER_RANK_METRICS else float(np.sum(values))
-    tokens = out.pop("sync/logprob_tokens", 0.0)
-    diff = out.pop("sync/logprob_abs_diff_sum", 0.0)
-    if tokens:
-        out["sync/logprob_abs_diff"] = diff / tokens
-    return out
+def _derive_sampler_gap(record: dict[str, Any]) -> None:
+    """The learner's per-token |sampler - learner| log-prob gap, from its sums."""
+    tokens = record.pop("sync/logprob_tokens", 0.0)
+    total = record.pop("sync/logprob_abs_diff_sum", 0.0)
+    if tokens and "sync/logprob_abs_diff" not in record:
+        record["sync/logprob_abs_diff"] = total / tokens

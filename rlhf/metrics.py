@@ -2,10 +2,48 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+Reduction = Literal["sum", "mean", "max"]
+
+# How each metric combines over micro-batches, optimizer steps, ranks and workers: the one
+# place that says so (first matching pattern wins). Loss metrics are weighted sums with the
+# loss weights, normalised over the global batch, so they add up ("sum"); a learner divides
+# them by its optimizer steps. Per-rank readings (a gradient norm, a learning rate) average;
+# times take the slowest actor; counts add up.
+REDUCTIONS: tuple[tuple[str, Reduction], ...] = (
+    ("*/grad_norm", "mean"),
+    ("*/lr", "mean"),
+    ("*/seconds", "max"),
+    ("reward/*/mean", "mean"),
+    ("*", "sum"),
+)
+
+
+def reduction(key: str) -> Reduction:
+    for pattern, rule in REDUCTIONS:
+        if fnmatch.fnmatchcase(key, pattern):
+            return rule
+    return "sum"
+
+
+def combine(parts: Iterable[dict[str, float]]) -> dict[str, float]:
+    """Metrics of several ranks / workers / steps, each key reduced by its rule."""
+    values: dict[str, list[float]] = {}
+    for part in parts:
+        for k, v in part.items():
+            values.setdefault(k, []).append(float(v))
+    out = {}
+    for k, vs in values.items():
+        rule = reduction(k)
+        out[k] = sum(vs) if rule == "sum" else max(vs) if rule == "max" else sum(vs) / len(vs)
+    return out
+
 
 # What the console line shows, in order (everything goes to the JSONL file).
 CONSOLE_KEYS = (
@@ -59,3 +97,13 @@ def mean_over(history: list[dict[str, Any]], key: str, first: bool, fraction: fl
     k = max(1, int(round(len(values) * fraction)))
     chunk = values[:k] if first else values[-k:]
     return float(sum(chunk) / len(chunk))
+
+
+def average_steps(steps: list[dict[str, float]]) -> dict[str, float]:
+    """Per-optimizer-step metrics -> one reading per iteration: the mean over steps (the
+    slowest for times)."""
+    values: dict[str, list[float]] = {}
+    for step in steps:
+        for k, v in step.items():
+            values.setdefault(k, []).append(float(v))
+    return {k: max(vs) if reduction(k) == "max" else sum(vs) / len(vs) for k, vs in values.items()}

@@ -1,8 +1,8 @@
 """The actor pools of one run, placed per the topology, and the groups that join them.
 
-Two process groups exist: the learners' training group (DeepSpeed data parallel) and the
-weight-sync group (learner rank 0 + every rollout worker). Adding or removing a rollout
-worker during a run means rebuilding only the sync group (`build_sync_group`).
+Process groups: each DeepSpeed pool (learner, critic) has its own training group, and the
+weight-sync group joins learner rank 0 with every rollout worker. Adding or removing a
+rollout worker during a run means rebuilding only the sync group (`build_sync_group`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ from typing import Any
 import ray
 
 from rlhf.config import Config, PoolConfig
-from rlhf.remote import gather
+from rlhf.dispatch import Pool, wait_all
+from rlhf.remote import RemoteCallTimeout
+from rlhf.sync.buckets import ParamSpec
+from rlhf.sync.group import SyncEndpoint
 
 
 def _actor(cls: type, pool: PoolConfig, name: str, *args: Any) -> Any:
@@ -30,129 +33,131 @@ def resolve_backend(choice: str, uses_gpus: bool) -> str:
 @dataclass
 class Pools:
     cfg: Config
-    rollouts: dict[str, Any] = field(default_factory=dict)
-    rewards: dict[str, Any] = field(default_factory=dict)
-    references: dict[str, Any] = field(default_factory=dict)
-    learners: dict[str, Any] = field(default_factory=dict)
-    manifest: list[Any] = field(default_factory=list)
+    rollout: Pool = field(default_factory=lambda: Pool("rollout"))
+    reward: Pool = field(default_factory=lambda: Pool("reward"))
+    reference: Pool = field(default_factory=lambda: Pool("reference"))
+    learner: Pool = field(default_factory=lambda: Pool("learner"))
+    critic: Pool = field(default_factory=lambda: Pool("critic"))
+    manifest: list[ParamSpec] = field(default_factory=list)
 
-    def rollout_items(self) -> list[tuple[str, Any]]:
-        return list(self.rollouts.items())
-
-    def reward_items(self) -> list[tuple[str, Any]]:
-        return list(self.rewards.items())
-
-    def reference_items(self) -> list[tuple[str, Any]]:
-        return list(self.references.items())
-
-    def learner_items(self) -> list[tuple[str, Any]]:
-        return list(self.learners.items())
+    def all(self) -> list[Pool]:
+        return [self.rollout, self.reward, self.reference, self.learner, self.critic]
 
     # ------------------------------------------------------------------ start-up
     @classmethod
-    def start(cls, cfg: Config, model_path: str, needs_reference: bool) -> Pools:
+    def start(cls, cfg: Config, model_path: str, needs: frozenset[str]) -> Pools:
+        """Start what the topology asks for: the reference pool only if `needs` has
+        reference log-probs, the critic pool only if it has values."""
         from rlhf.cluster import connect
+        from rlhf.workers.critic import CriticWorker
         from rlhf.workers.learner import LearnerWorker
         from rlhf.workers.reference import ReferenceWorker
         from rlhf.workers.reward import RewardWorker
         from rlhf.workers.rollout import RolloutWorker
 
-        connect(cfg, needs_reference)
+        uses_reference, uses_critic = "ref_logprobs" in needs, "values" in needs
+        connect(cfg, uses_reference, uses_critic)
         t, timeout = cfg.topology, cfg.run.call_timeout_s
         pools = cls(cfg)
-        world = t.learner.workers
-        for r in range(world):
-            pools.learners[f"learner-{r}"] = _actor(
-                LearnerWorker, t.learner, f"learner-{r}", cfg, r, world, model_path
-            )
+        ranked = [(pools.learner, LearnerWorker, t.learner)]
+        if uses_critic:
+            ranked.append((pools.critic, CriticWorker, t.critic))
+        for pool, worker, pool_cfg in ranked:
+            for r in range(pool_cfg.workers):
+                name = f"{pool.role}-{r}"
+                pool.actors[name] = _actor(
+                    worker, pool_cfg, name, cfg, r, pool_cfg.workers, model_path
+                )
         for i in range(t.rollout.workers):
-            pools.rollouts[f"rollout-{i}"] = _actor(
+            pools.rollout.actors[f"rollout-{i}"] = _actor(
                 RolloutWorker, t.rollout, f"rollout-{i}", cfg, i, model_path
             )
         for i in range(t.reward.workers):
-            pools.rewards[f"reward-{i}"] = _actor(RewardWorker, t.reward, f"reward-{i}", cfg, i)
-        if needs_reference:
+            pools.reward.actors[f"reward-{i}"] = _actor(
+                RewardWorker, t.reward, f"reward-{i}", cfg, i
+            )
+        if uses_reference:
             for i in range(t.reference.workers):
-                pools.references[f"reference-{i}"] = _actor(
+                pools.reference.actors[f"reference-{i}"] = _actor(
                     ReferenceWorker, t.reference, f"reference-{i}", cfg, i, model_path
                 )
         try:
-            pools._init_training(timeout)
-            others = {**pools.rollouts, **pools.rewards, **pools.references}
-            gather([(n, a.ready.remote()) for n, a in others.items()], timeout, "worker start-up")
-            pools.manifest = gather(
-                [("learner-0", pools.learners["learner-0"].weight_manifest.remote())],
-                timeout,
-                "weight_manifest",
-            )[0]
+            starting = [pools._init_training(p, timeout) for p, _, _ in ranked]
+            starting += [
+                p.call_all("ready") for p in (pools.rollout, pools.reward, pools.reference)
+            ]
+            try:
+                wait_all(starting, timeout, "worker start-up")
+            except RemoteCallTimeout as err:
+                raise RemoteCallTimeout(
+                    f"{err} (an actor that never starts may be waiting for resources: the "
+                    f"cluster has {ray.cluster_resources()}; see the topology's num_cpus/num_gpus)"
+                ) from err
+            pools.manifest = pools.learner.lead().call_all("weight_manifest").wait(timeout)[0]
             pools.build_sync_group(timeout)
         except BaseException:
             pools.shutdown()
             raise
         return pools
 
-    def _init_training(self, timeout: float) -> None:
-        lead = self.learners["learner-0"]
-        addr, port = gather(
-            [("learner-0", lead.node_address.remote()), ("learner-0", lead.free_port.remote())],
-            timeout,
-            "training group address",
+    @staticmethod
+    def _address(pool: Pool, timeout: float, what: str) -> tuple[str, int]:
+        """A host and a free port on the pool's rank 0, which hosts a group's store."""
+        lead = pool.lead()
+        host, port = wait_all(
+            [lead.call_all("node_address"), lead.call_all("free_port")], timeout, what
         )
-        gather(
-            [(n, a.init_training.remote(addr, port)) for n, a in self.learner_items()],
-            timeout,
-            "init_training",
-        )
+        return host[0], port[0]
+
+    def _init_training(self, pool: Pool, timeout: float):
+        addr, port = self._address(pool, timeout, f"{pool.role} training group address")
+        return pool.call_all("init_training", addr, port, what=f"{pool.role} init_training")
 
     def build_sync_group(self, timeout: float) -> None:
         """(Re)build the weight-sync group: learner rank 0 is rank 0, rollout workers follow."""
         cfg, t = self.cfg, self.cfg.topology
-        backend = resolve_backend(
-            cfg.sync.backend, t.learner.num_gpus > 0 and t.rollout.num_gpus > 0
+        host, port = self._address(self.learner, timeout, "sync group address")
+        names = ("learner-0", *self.rollout.actors)
+        endpoint = SyncEndpoint(
+            host=host,
+            port=port,
+            rank=0,
+            world_size=len(names),
+            backend=resolve_backend(
+                cfg.sync.backend, t.learner.num_gpus > 0 and t.rollout.num_gpus > 0
+            ),
+            timeout_s=cfg.sync.timeout_s,
+            peer_names=names,
         )
-        lead = self.learners["learner-0"]
-        host, port = gather(
-            [("learner-0", lead.node_address.remote()), ("learner-0", lead.free_port.remote())],
-            timeout,
-            "sync group address",
+        learners = self.learner.call_all("init_weight_sync", endpoint, what="init_weight_sync")
+        rollouts = self.rollout.call_each(
+            "init_weight_sync",
+            [(endpoint.for_rank(r),) for r in range(1, len(names))],
+            what="init_weight_sync",
         )
-        names = ["learner-0", *self.rollouts]
-        world = len(names)
-        calls = [
-            (n, a.init_weight_sync.remote(host, port, world, backend, cfg.sync.timeout_s, names))
-            for n, a in self.learner_items()
-        ]
-        calls += [
-            (
-                n,
-                a.init_weight_sync.remote(
-                    host, port, rank, world, backend, cfg.sync.timeout_s, names
-                ),
-            )
-            for rank, (n, a) in enumerate(self.rollout_items(), start=1)
-        ]
-        gather(calls, timeout, "init_weight_sync")
+        wait_all([learners, rollouts], timeout, "init_weight_sync")
 
     # ------------------------------------------------------------------ every iteration
     def sync_weights(self, version: int, timeout: float) -> dict[str, float]:
         """Learner rank 0 broadcasts every parameter; each rollout engine loads them."""
         bucket = self.cfg.sync.bucket_bytes
-        calls = [(n, a.broadcast_weights.remote(version, bucket)) for n, a in self.learner_items()]
-        calls += [
-            (n, a.receive_weights.remote(self.manifest, bucket, version))
-            for n, a in self.rollout_items()
-        ]
-        results = gather(calls, timeout, f"weight sync v{version}")
-        return results[0]
+        send = self.learner.call_all(
+            "broadcast_weights", version, bucket, what=f"weight sync v{version}"
+        )
+        receive = self.rollout.call_all(
+            "receive_weights", self.manifest, bucket, version, what=f"weight sync v{version}"
+        )
+        stats, _ = wait_all([send, receive], timeout, f"weight sync v{version}")
+        return stats[0]
 
     def shutdown(self) -> None:
-        for group in (self.rollouts, self.learners):
-            for actor in group.values():
+        for pool in (self.rollout, self.learner, self.critic):
+            for actor in pool.actors.values():
                 try:
                     ray.get(actor.shutdown.remote(), timeout=30)
                 except Exception:  # best effort: the actor may already be gone
                     pass
-        for group in (self.rollouts, self.rewards, self.references, self.learners):
-            for actor in group.values():
+        for pool in self.all():
+            for actor in pool.actors.values():
                 ray.kill(actor)
-            group.clear()
+            pool.actors.clear()

@@ -54,8 +54,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         "[rlhf] mean reward, first 10% of iterations: {:.3f}; last 10%: {:.3f}; rise: {:+.3f}".format(
             summary["reward/first_10pct"], summary["reward/last_10pct"], summary["reward/rise"]
         ),
-        "[rlhf] greedy reward on held-out prompts: {:.3f} -> {:.3f}".format(
-            summary["eval/greedy_reward_before"], summary["eval/greedy_reward_after"]
+        "[rlhf] greedy accuracy on held-out prompts: {:.3f} -> {:.3f} ({:+.3f})".format(
+            summary["eval/greedy_reward_before"],
+            summary["eval/greedy_reward_after"],
+            summary["eval/greedy_rise"],
         ),
         f"[rlhf] metrics: {summary['run_dir']}/metrics.jsonl",
     ]

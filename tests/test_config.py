@@ -35,12 +35,15 @@ def test_yaml_then_overrides(tmp_path):
         ),
         ("rollout.temperature=-1", r"rollout\.temperature: .*greater than 0 \(got -1\)"),
         ("learner.zero_stage=5", r"learner\.zero_stage: .*0, 1, 2 or 3"),
-        ("bogus.x=1", r"bogus: unknown field; allowed here: algorithm, learner"),
+        ("bogus.x=1", r"bogus: unknown field; allowed here: algorithm, critic, learner"),
         ("topology.learner.workers=0", r"topology\.learner\.workers must be >= 1"),
         ("rollout.samples_per_prompt=1", r"samples_per_prompt must be >= 2 for grpo"),
         ("reward.on_error=ignore", r"reward\.on_error: .*'drop', 'zero' or 'raise'"),
         ("rollout.max_new_tokens", r"must look like section\.field=value"),
         ("rollout.engine.x=1", r"rollout\.engine"),
+        ("algorithm.lam=0.9", r"algorithm\.lam: unknown field; allowed here: .*scale_rewards"),
+        ("algorithm.name=dpo", r"algorithm: .*'dpo'.*'grpo', 'ppo', 'rloo', 'reinforce_pp'"),
+        ("learner.micro_batch_size=4", r"learner\.micro_batch_size \(4\) must be >= rollout"),
     ],
 )
 def test_bad_values_name_the_field(override, expected):
@@ -64,8 +67,28 @@ def test_cli_reports_config_errors_with_exit_2(capsys):
     assert "iterations: 7" in capsys.readouterr().out
 
 
+def test_algorithm_blocks_are_chosen_by_name():
+    cfg = load_config(None, ["algorithm.name=ppo", "algorithm.lam=0.9"])
+    assert cfg.algorithm.name == "ppo" and cfg.algorithm.lam == 0.9
+    cfg = load_config(None, ["algorithm.scale_rewards=false"])  # the earlier boolean form
+    assert cfg.algorithm.name == "grpo" and cfg.algorithm.scale_rewards == "none"
+    with pytest.raises(ConfigError, match=r"algorithm\.scale_rewards: unknown field.*\blam\b"):
+        load_config(None, ["algorithm.name=ppo", "algorithm.scale_rewards=none"])
+    with pytest.raises(ConfigError, match=r"topology\.critic\.workers must be >= 1 for ppo"):
+        load_config(None, ["algorithm.name=ppo", "topology.critic.workers=0"])
+    with pytest.raises(ConfigError, match=r"topology\.reference\.workers must be >= 1: grpo"):
+        load_config(None, ["topology.reference.workers=0"])
+    assert load_config(None, ["topology.reference.workers=0", "algorithm.beta=0"])
+
+
 def test_shipped_configs_load():
     from pathlib import Path
 
-    for f in sorted(Path(__file__).parent.parent.joinpath("launch", "configs").glob("*.yaml")):
-        load_config(f)
+    files = sorted(Path(__file__).parent.parent.joinpath("launch", "configs").glob("*.yaml"))
+    assert len(files) >= 3, files  # the glob must find the shipped examples
+    names = {f.stem: load_config(f).algorithm.name for f in files}
+    # each example's file name says its algorithm where it is not the default
+    for stem, name in names.items():
+        for algo in ("ppo", "rloo", "reinforce_pp"):
+            if stem.startswith(algo):
+                assert name == algo, (stem, name)

@@ -1,8 +1,10 @@
 """The embedded default, end to end: `rlhf train` with no arguments learns, and leaves a
 run folder a user can read and a policy plain transformers can load.
 
-This is the README's promise, checked: the mean reward of the last 10% of iterations
-exceeds that of the first 10% by at least MIN_RISE (the margin the README states).
+This is the README's promise, checked: the mean sampled reward of the last 10% of iterations
+exceeds that of the first 10% by at least MIN_RISE, and greedy accuracy on the held-out
+prompts rises by at least MIN_GREEDY_RISE (the margins the README states; the 3-seed study in
+benchmarks/results/learning_study.md shows how far above them the default lands).
 """
 
 from __future__ import annotations
@@ -15,8 +17,15 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-MIN_RISE = 0.05  # keep equal to the margin stated in README.md
-PHASES = ("time/generate", "time/reward", "time/reference", "time/train", "time/sync")
+MIN_RISE = 0.05  # keep equal to the margins stated in README.md
+MIN_GREEDY_RISE = 0.05
+PHASES = ("time/generate", "time/reward", "time/train", "time/sync", "time/iteration")
+# vLLM and transformers compute the same float32 logits with different kernels (and sum
+# orders), so greedy decoding may split where a prompt's two best tokens are that close: a few
+# prompts may answer differently. Each moves an exact-match mean over 512 prompts by ~0.002;
+# 0.03 allows 15 such prompts, while a policy file that is not the one vLLM served scores far
+# off.
+GREEDY_TOL = 0.03
 
 
 def test_default_run_learns_and_saves_a_loadable_policy(tmp_path):
@@ -43,9 +52,29 @@ def test_default_run_learns_and_saves_a_loadable_policy(tmp_path):
             assert key in r, key
     assert "rise:" in proc.stdout  # the run shows its own result
     assert summary["reward/rise"] >= MIN_RISE, summary
+    assert summary["eval/greedy_rise"] >= MIN_GREEDY_RISE, summary
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import torch
+    from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(run / "final")
-    tokenizer = AutoTokenizer.from_pretrained(run / "final")
-    assert model.num_parameters() > 0 and tokenizer.eos_token_id is not None
+    from rlhf.config import load_config
+    from rlhf.data.tasks import make_task
+    from rlhf.eval import greedy_accuracy
+    from rlhf.models.default_model import prepare_model
+    from rlhf.rewards.builtin import BUILTIN_REWARDS
+
+    # The saved policy, loaded by plain transformers, greedy on the run's held-out prompts
+    # with the task's own reward (what the run's evaluation uses), scores what vLLM measured
+    # at the end of the run.
+    cfg = load_config(run / "config.yaml")
+    task = make_task(cfg.task)
+    prompts = task.eval_prompts[: cfg.run.eval_prompts]
+    reward = BUILTIN_REWARDS[task.default_reward]
+    after = greedy_accuracy(run / "final", None, prompts, reward, cfg.rollout.max_new_tokens)
+    assert after == pytest.approx(summary["eval/greedy_reward_after"], abs=GREEDY_TOL), summary
+
+    # And it is the trained policy, not the starting one (which is in the model cache).
+    start = AutoModelForCausalLM.from_pretrained(prepare_model(cfg)).state_dict()
+    final = AutoModelForCausalLM.from_pretrained(run / "final").state_dict()
+    assert final.keys() == start.keys()
+    assert any(not torch.equal(t, start[name]) for name, t in final.items())

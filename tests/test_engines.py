@@ -14,7 +14,7 @@ import random
 import pytest
 import torch
 
-from rlhf.sync import free_port, manifest_of
+from rlhf.sync import SyncEndpoint, free_port, manifest_of
 
 pytestmark = pytest.mark.slow
 
@@ -78,8 +78,8 @@ def _hf_greedy(model_path: str, state: dict[str, torch.Tensor] | None) -> list[l
 
 
 def _greedy(engine) -> list[list[int]]:
-    completions, _, _ = engine.generate(PROMPTS, n=1, max_new_tokens=NEW_TOKENS, temperature=0.0)
-    return completions
+    out = engine.generate(PROMPTS, n=1, max_new_tokens=NEW_TOKENS, temperature=0.0)
+    return out.completion_ids
 
 
 @pytest.fixture(scope="module")
@@ -109,9 +109,8 @@ def hf_engine(model_path):
 
 def _check_samples(engine, model_path: str) -> None:
     n, temperature = 3, 0.7
-    completions, logprobs, reasons = engine.generate(
-        PROMPTS, n=n, max_new_tokens=NEW_TOKENS, temperature=temperature, seed=11
-    )
+    out = engine.generate(PROMPTS, n=n, max_new_tokens=NEW_TOKENS, temperature=temperature, seed=11)
+    completions, logprobs, reasons = out.completion_ids, out.logprobs, out.finish_reasons
     assert len(completions) == len(logprobs) == len(reasons) == n * len(PROMPTS)
     for c, lp, r in zip(completions, logprobs, reasons, strict=True):
         assert 1 <= len(c) <= NEW_TOKENS and len(lp) == len(c)
@@ -123,7 +122,7 @@ def _check_samples(engine, model_path: str) -> None:
     again = engine.generate(
         PROMPTS, n=n, max_new_tokens=NEW_TOKENS, temperature=temperature, seed=11
     )
-    assert again[0] == completions  # a seed makes sampling reproducible
+    assert again.completion_ids == completions  # a seed makes sampling reproducible
     assert len({tuple(c) for c in completions[:n]}) > 1  # the n samples of a prompt differ
 
     # The log-probs are log_softmax(logits / T) of a plain forward pass, prompt-major.
@@ -152,7 +151,9 @@ def _check_sync(engine, model_path: str) -> None:
     proc = ctx.Process(target=_sender, args=(model_path, port, versions, q))
     proc.start()
     try:
-        engine.init_weight_sync("127.0.0.1", port, 1, 2, "gloo", 120.0, ["learner-0", "engine"])
+        engine.init_weight_sync(
+            SyncEndpoint("127.0.0.1", port, 1, 2, "gloo", 120.0, ("learner-0", "engine"))
+        )
         for v in versions:
             engine.receive_weights(manifest, BUCKET, v)
             kind, version, buckets = q.get(timeout=60)

@@ -98,24 +98,18 @@ def test_loop_with_two_rollout_workers_and_two_learner_ranks(tmp_path, zero_stag
             assert r["sync/logprob_abs_diff"] < 1e-3, r["sync/logprob_abs_diff"]
 
         # Both learner ranks hold the same weights, and training moved them.
-        sums = gather(
-            [(n, a.state_checksum.remote()) for n, a in pools.learner_items()], 120, "checksum"
-        )
+        sums = pools.learner.call_all("state_checksum").wait(120)
         assert sums[0] == pytest.approx(sums[1], rel=1e-6)
 
         final = tmp_path / "after-sync"
-        gather(
-            [(n, a.save_pretrained.remote(str(final))) for n, a in pools.learner_items()],
-            300,
-            "save",
-        )
+        pools.learner.call_all("save_pretrained", str(final)).wait(300)
         prompt_ids = [trainer.tokenizer(p.text).input_ids for p in task.eval_prompts[:32]]
         expected = _hf_greedy(str(final), prompt_ids, cfg.rollout.max_new_tokens)
         initial = _hf_greedy(model_path, prompt_ids, cfg.rollout.max_new_tokens)
         assert expected != initial, (
             "training did not change greedy outputs; the check below would be vacuous"
         )
-        for name, actor in pools.rollout_items():
+        for name, actor in pools.rollout.items():
             rollout = gather(
                 [(name, actor.generate.remote(prompt_ids, 1, 0, True))], 300, "greedy"
             )[0]

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from rlhf.batch import TrainBatch
 from rlhf.config import load_config
 from rlhf.models.logprobs import model_token_logprobs, pad_rows, token_logprobs
 from rlhf.models.tiny import build_tiny_model
@@ -51,14 +52,21 @@ def test_reference_worker_returns_completion_logprobs(tiny):
 
     from rlhf.workers.reference import ReferenceWorker
 
-    cfg = load_config(None, ["learner.micro_batch_size=1"])  # forces several micro-batches
+    # micro-batches of 2 rows: the 3 rows below take two, the second narrower than the first
+    cfg = load_config(None, ["learner.micro_batch_size=2", "rollout.samples_per_prompt=2"])
     worker = ReferenceWorker(cfg, 0, tiny)
-    prompts, completions = [[5, 6], [7, 8, 9]], [[10, 11, 2], [12]]
-    got = worker.logprobs(prompts, completions)
-    assert [len(x) for x in got] == [3, 1]
+    rows = [[5, 6, 10, 11, 2], [7, 8, 9, 12], [5, 7]]
+    ids, mask = pad_rows(rows, pad=0)
+    batch = TrainBatch({"input_ids": ids.numpy(), "attention_mask": mask.numpy()}, [0, 0, 1])
+    got = worker.logprobs(batch)
+    assert got.shape == (3, 5)
     model = AutoModelForCausalLM.from_pretrained(tiny).eval()
-    with torch.no_grad():
-        full = model_token_logprobs(
-            model, torch.tensor([[5, 6, 10, 11, 2]]), torch.ones(1, 5, dtype=torch.long)
+    for i, row in enumerate(rows):
+        with torch.no_grad():
+            alone = model_token_logprobs(
+                model, torch.tensor([row]), torch.ones(1, len(row), dtype=torch.long)
+            )
+        torch.testing.assert_close(
+            torch.from_numpy(got[i, : len(row)]), alone[0], atol=1e-5, rtol=1e-5
         )
-    torch.testing.assert_close(torch.tensor(got[0]), full[0, 2:], atol=1e-5, rtol=1e-5)
+        assert not got[i, len(row) :].any()  # padding holds no log-probs

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import torch
 from rlhf.config import ConfigError, TaskConfig, WarmStartConfig, load_config
 from rlhf.data.tasks import make_task
 from rlhf.eval import greedy_accuracy
+from rlhf.models import default_model
 from rlhf.models.default_model import cache_key, prepare_model
 from rlhf.models.tiny import build_tiny_model
 from rlhf.rewards.builtin import addition_exact
@@ -61,18 +61,21 @@ def _small_cfg(tmp_path: Path, *extra: str):
     )
 
 
-def test_prepare_model_builds_once_then_reuses_the_cache(tmp_path):
+def test_prepare_model_builds_once_then_reuses_the_cache(tmp_path, monkeypatch):
     cfg = _small_cfg(tmp_path)
     first = prepare_model(cfg)
     stats = json.loads((Path(first) / "rlhf_ready.json").read_text())
     assert set(stats) >= {"warm_start/loss", "warm_start/greedy_accuracy"}
     weights = Path(first) / "model.safetensors"
-    stamp = weights.stat().st_mtime_ns
-    t0 = time.perf_counter()
+    stamp = (weights.stat().st_ino, weights.stat().st_mtime_ns)
+
+    def no_rebuild(*_: object) -> dict[str, float]:
+        raise AssertionError("prepare_model rebuilt a model that is in the cache")
+
+    monkeypatch.setattr(default_model, "_build", no_rebuild)
     second = prepare_model(cfg)
     assert second == first
-    assert time.perf_counter() - t0 < 1.0
-    assert weights.stat().st_mtime_ns == stamp  # not retrained
+    assert (weights.stat().st_ino, weights.stat().st_mtime_ns) == stamp  # same file, untouched
     assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")] == [
         Path(first).name
     ]

@@ -1,11 +1,26 @@
-"""Algorithms: pure tensor functions behind one interface, found by name."""
+"""Algorithms: pure tensor functions behind one interface, found by name.
+
+Each algorithm module owns its config block (a pydantic model whose `name` is the
+discriminator), its checks against the rest of the config, and what it needs.
+"""
 
 from __future__ import annotations
 
-from rlhf.algorithms.base import Algorithm
-from rlhf.algorithms.grpo import GRPO
+from typing import Annotated
 
-ALGORITHMS: dict[str, type[Algorithm]] = {GRPO.name: GRPO}
+from pydantic import Field
+
+from rlhf.algorithms.base import Algorithm, ForwardOutput
+from rlhf.algorithms.grpo import GRPO, GRPOConfig
+from rlhf.algorithms.ppo import PPO, PPOConfig
+from rlhf.algorithms.reinforce_pp import ReinforcePP, ReinforcePPConfig
+from rlhf.algorithms.rloo import RLOO, RLOOConfig
+
+ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (GRPO, PPO, RLOO, ReinforcePP)}
+
+AlgorithmConfig = Annotated[
+    GRPOConfig | PPOConfig | RLOOConfig | ReinforcePPConfig, Field(discriminator="name")
+]
 
 
 def make_algorithm(cfg, max_new_tokens: int) -> Algorithm:
@@ -18,4 +33,4 @@ def make_algorithm(cfg, max_new_tokens: int) -> Algorithm:
     return cls(cfg, max_new_tokens)
 
 
-__all__ = ["ALGORITHMS", "Algorithm", "make_algorithm"]
+__all__ = ["ALGORITHMS", "Algorithm", "AlgorithmConfig", "ForwardOutput", "make_algorithm"]

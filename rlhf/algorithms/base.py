@@ -1,56 +1,101 @@
-"""The algorithm interface: a controller half (cheap, numpy) and a learner half (pure torch).
+"""The algorithm interface: a controller half (numpy, cheap) and a learner half (pure torch).
 
-- `build_batch` runs in the controller: scored rollouts -> TrainBatch (advantages, loss
-  weights, anything the loss needs in `extras`).
-- `loss` runs in every learner rank on a micro-batch: the policy's per-token log-probs (with
-  grad) plus that micro-batch's tensors -> a scalar that is already weighted, so summing it
-  over micro-batches and ranks gives the global loss.
+An algorithm says what it needs (`needs`: the stage columns the controller must fill in:
+rewards, reference log-probs, old log-probs, critic values), turns the filled batch into
+training targets (`prepare`: advantages, loss weights, returns), and gives the loss of one
+micro-batch (`loss`, and `value_loss` when it trains a critic).
 
-Adding an algorithm (PPO with a critic, RLOO, online DPO, IPO-MD) means one module and a
-registry entry; the learner and controller stay as they are.
+Losses are weighted sums over the micro-batch (`loss_weights` carries the aggregation rule,
+normalised over the global batch), so summing over micro-batches and ranks gives the global
+loss; metrics come back as weighted sums with the same weights, so they add up the same way.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
-from rlhf.types import ScoredRollout, TrainBatch
+from rlhf.batch import TrainBatch
+
+Tensors = dict[str, torch.Tensor]
+
+# Columns the controller's stages can produce (rlhf.stages).
+STAGE_COLUMNS = ("rewards", "ref_logprobs", "old_logprobs", "values")
+
+
+@dataclass
+class ForwardOutput:
+    """What the learner's forward pass gives a loss: [B, T] tensors at target positions."""
+
+    logprobs: torch.Tensor | None = None  # log p(token t | tokens < t), with grad
+    entropy: torch.Tensor | None = None  # of the next-token distribution at t (grad if asked)
+    values: torch.Tensor | None = None  # a critic's V(state before token t), with grad
 
 
 class Algorithm(ABC):
     name: ClassVar[str]
 
-    def __init__(self, cfg, max_new_tokens: int) -> None:
+    def __init__(self, cfg: Any, max_new_tokens: int) -> None:
         self.cfg = cfg
         self.max_new_tokens = max_new_tokens
 
+    # ------------------------------------------------------------------ what it needs
     @property
-    def needs_reference(self) -> bool:
-        return getattr(self.cfg, "beta", 0.0) > 0
+    @abstractmethod
+    def needs(self) -> frozenset[str]:
+        """Stage columns (of STAGE_COLUMNS) the controller must fill before `prepare`."""
 
     @property
-    def needs_old_logprobs(self) -> bool:
-        """Whether the learner must compute pre-update log-probs before its first step."""
-        return True
+    def epochs(self) -> int:
+        return getattr(self.cfg, "epochs", 1)
 
-    @abstractmethod
-    def build_batch(
-        self, scored: list[ScoredRollout], pad_id: int
-    ) -> tuple[TrainBatch, dict[str, float]]:
-        """Controller side. Returns the batch and metrics about it (e.g. advantage stats)."""
+    @property
+    def mini_batches(self) -> int:
+        return getattr(self.cfg, "mini_batches", 1)
 
+    @property
+    def trains_critic(self) -> bool:
+        return "values" in self.needs
+
+    @property
+    def entropy_grad(self) -> bool:
+        """Whether the loss differentiates through the entropy (else it is a diagnostic)."""
+        return False
+
+    def critic_only(self, iteration: int) -> bool:
+        """True while only the critic trains (PPO's critic warm-up)."""
+        return False
+
+    # ------------------------------------------------------------------ controller half
     @abstractmethod
-    def loss(
-        self,
-        logprobs: torch.Tensor,
-        old_logprobs: torch.Tensor,
-        batch: dict[str, torch.Tensor],
+    def prepare(self, batch: TrainBatch) -> dict[str, float]:
+        """Fill `advantages`, `loss_weights` (and e.g. `returns`) into the batch; metrics."""
+
+    def keep_units(self, batch: TrainBatch) -> np.ndarray | None:
+        """Optional filter on units after rewards (DAPO's dynamic sampling): a [B] bool mask
+        of rows to keep, or None to keep all."""
+        return None
+
+    @property
+    def refill_rounds(self) -> int:
+        """Extra generate rounds the controller may run to replace units `keep_units`
+        drops (0: filtered units are only dropped, in `prepare`)."""
+        return 0
+
+    def after_iteration(self, record: dict[str, float]) -> dict[str, float]:
+        """Update controller-side state from an iteration's metrics (an adaptive KL)."""
+        return {}
+
+    # ------------------------------------------------------------------ learner half
+    @abstractmethod
+    def loss(self, out: ForwardOutput, mb: Tensors) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Policy loss of one micro-batch and its metrics (weighted sums)."""
+
+    def value_loss(
+        self, out: ForwardOutput, mb: Tensors
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Learner side. `batch` holds the TrainBatch fields (and extras) as tensors.
-
-        Metrics are returned as weighted sums (same weights as the loss) so that they, too,
-        add up across micro-batches and ranks.
-        """
+        raise NotImplementedError(f"{self.name} trains no critic")

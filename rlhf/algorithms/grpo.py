@@ -1,87 +1,120 @@
-"""GRPO (Shao et al. 2024): group-normalised advantages, clipped ratio, k3 KL to the reference.
+"""GRPO (Shao et al. 2024, arXiv 2402.03300): group-normalised advantages, the clipped
+surrogate, and a KL loss term to the reference (k3 by default).
 
-Variants by config: Dr. GRPO (scale_rewards=False, constant_normalizer), DAPO clip-higher
-(clip_high=0.28) and token-level aggregation (token_mean, the default).
+Variants by config: Dr. GRPO (Liu et al. 2025: scale_rewards="none", constant_normalizer),
+DAPO (Yu et al. 2025: clip_high=0.28, token_mean, mask_truncated_completions, dynamic
+sampling of groups whose rewards all agree), TRL's batch-level reward scaling.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Literal
+
 import numpy as np
-import torch
+from pydantic import Field, field_validator
 
 from rlhf.algorithms.advantages import group_normalized_advantages
-from rlhf.algorithms.aggregation import aggregation_weights
 from rlhf.algorithms.base import Algorithm
-from rlhf.algorithms.batching import collate
 from rlhf.algorithms.kl import kl_estimate
-from rlhf.types import ScoredRollout, TrainBatch
+from rlhf.algorithms.policy import (
+    PolicyGradientConfig,
+    policy_loss_terms,
+    set_loss_weights,
+    valid_rows,
+)
+from rlhf.batch import TrainBatch
+
+if TYPE_CHECKING:
+    from rlhf.config import Config
 
 
-def clipped_surrogate(
-    logprobs: torch.Tensor,
-    old_logprobs: torch.Tensor,
-    advantages: torch.Tensor,
-    clip_low: float,
-    clip_high: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token -min(rho A, clip(rho, 1-lo, 1+hi) A) and a 0/1 mask of clipped tokens."""
-    ratio = torch.exp(logprobs - old_logprobs)
-    unclipped = ratio * advantages
-    clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * advantages
-    loss = -torch.minimum(unclipped, clipped)
-    was_clipped = (clipped < unclipped).float()
-    return loss, was_clipped
+class GRPOConfig(PolicyGradientConfig):
+    name: Literal["grpo"] = "grpo"
+    beta: float = Field(0.01, ge=0, description="KL loss coefficient; 0 skips the reference pool")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field(
+        "k3", description="k2/k3 as a loss term (k1 has zero expected gradient on-policy)"
+    )
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group",
+        description="divide centred rewards by the group's std, the batch's, or not (Dr. GRPO)",
+    )
+    dynamic_sampling: Literal["off", "drop", "refill"] = Field(
+        "off",
+        description="groups whose rewards all agree: keep, drop (no loss, counted), or drop and "
+        "generate more prompts to refill the batch (DAPO)",
+    )
+    max_refill_rounds: int = Field(3, ge=1, description="extra generate rounds for 'refill'")
+
+    @field_validator("scale_rewards", mode="before")
+    @classmethod
+    def _bool_scale(cls, v: object) -> object:
+        # the earlier boolean form: True = group std, False = Dr. GRPO
+        return {True: "group", False: "none"}.get(v, v) if isinstance(v, bool) else v
+
+    def check(self, cfg: Config) -> None:
+        if cfg.rollout.samples_per_prompt < 2:
+            raise ValueError(
+                "rollout.samples_per_prompt must be >= 2 for grpo (advantages compare samples of a prompt)"
+            )
+
+
+def flat_groups(rewards: np.ndarray, units: np.ndarray) -> np.ndarray:
+    """[B] True on rows whose group's valid rewards all agree (no learning signal)."""
+    flat = np.zeros(len(rewards), dtype=bool)
+    valid = ~np.isnan(rewards)
+    for u in np.unique(units):
+        rows = units == u
+        r = rewards[rows & valid]
+        flat[rows] = r.size == 0 or bool(np.all(r == r[0]))
+    return flat
 
 
 class GRPO(Algorithm):
     name = "grpo"
+    cfg: GRPOConfig
 
-    def build_batch(
-        self, scored: list[ScoredRollout], pad_id: int
-    ) -> tuple[TrainBatch, dict[str, float]]:
-        c = collate(scored, pad_id)
-        valid = ~np.isnan(c.rewards)
-        adv = group_normalized_advantages(c.rewards, c.group_ids, scale=self.cfg.scale_rewards)
-        weights = aggregation_weights(
-            c.completion_mask, valid, self.cfg.loss_aggregation, self.max_new_tokens
-        )
-        batch = TrainBatch(
-            input_ids=c.input_ids,
-            attention_mask=c.attention_mask,
-            completion_mask=c.completion_mask,
-            loss_weights=weights,
-            advantages=(adv[:, None] * c.completion_mask).astype(np.float32),
-            ref_logprobs=c.ref_logprobs,
-            sampler_logprobs=c.sampler_logprobs,
-            policy_version=c.policy_version,
-        )
-        # Groups whose valid rewards are all equal carry no learning signal (DAPO's dynamic
-        # sampling drops them; here they are reported).
-        flat = 0
-        groups = np.unique(c.group_ids)
-        for g in groups:
-            r = c.rewards[(c.group_ids == g) & valid]
-            flat += int(r.size > 0 and np.all(r == r[0]))
-        metrics = {
-            "advantage/abs_mean": float(np.abs(adv[valid]).mean()) if valid.any() else 0.0,
-            "batch/flat_group_fraction": flat / max(len(groups), 1),
-        }
-        return batch, metrics
-
-    def loss(self, logprobs, old_logprobs, batch):
-        weights = batch["loss_weights"]
-        pg, was_clipped = clipped_surrogate(
-            logprobs, old_logprobs, batch["advantages"], self.cfg.clip_low, self.cfg.clip_high
-        )
-        per_token = pg
-        metrics = {
-            "loss/policy": (weights * pg).sum().detach(),
-            "policy/clip_fraction": (weights * was_clipped).sum().detach(),
-        }
+    @property
+    def needs(self) -> frozenset[str]:
+        needs = {"rewards"}
         if self.cfg.beta > 0:
-            kl = kl_estimate(logprobs, batch["ref_logprobs"], self.cfg.kl_estimator)
+            needs.add("ref_logprobs")
+        if self.cfg.multi_step:
+            needs.add("old_logprobs")
+        return frozenset(needs)
+
+    def keep_units(self, batch: TrainBatch) -> np.ndarray | None:
+        if self.cfg.dynamic_sampling == "off":
+            return None
+        valid = valid_rows(batch, self.cfg)
+        return ~flat_groups(np.where(valid, batch["rewards"], np.nan), batch.units)
+
+    @property
+    def refill_rounds(self) -> int:
+        return self.cfg.max_refill_rounds if self.cfg.dynamic_sampling == "refill" else 0
+
+    def prepare(self, batch: TrainBatch) -> dict[str, float]:
+        valid = valid_rows(batch, self.cfg)
+        rewards = np.where(valid, batch["rewards"], np.nan)
+        flat = flat_groups(rewards, batch.units)
+        if self.cfg.dynamic_sampling != "off":
+            valid &= ~flat
+            rewards = np.where(valid, rewards, np.nan)
+        adv = group_normalized_advantages(rewards, batch.units, self.cfg.scale_rewards)
+        set_loss_weights(batch, self.cfg, self.max_new_tokens, valid)
+        batch["advantages"] = adv[:, None] * batch["completion_mask"]
+        groups = len(np.unique(batch.units))
+        return {
+            "advantage/abs_mean": float(np.abs(adv[valid]).mean()) if valid.any() else 0.0,
+            "batch/flat_group_fraction": len(np.unique(batch.units[flat])) / max(groups, 1),
+        }
+
+    def loss(self, out, mb):
+        w = mb["loss_weights"]
+        per_token, metrics = policy_loss_terms(self.cfg, out, mb)
+        if self.cfg.beta > 0:
+            kl = kl_estimate(out.logprobs, mb["ref_logprobs"], self.cfg.kl_estimator)
             per_token = per_token + self.cfg.beta * kl
-            metrics["kl"] = (weights * kl).sum().detach()
-        loss = (weights * per_token).sum()
+            metrics["kl"] = (w * kl).sum().detach()
+        loss = (w * per_token).sum()
         metrics["loss/total"] = loss.detach()
         return loss, metrics

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from rlhf.sync.buckets import ParamSpec
+from rlhf.sync.group import SyncEndpoint
 
-# (completion token ids, sampled tokens' log-probs, finish reasons), prompt-major
-Generation = tuple[list[list[int]], list[list[float]], list[str]]
+
+@dataclass
+class Generation:
+    """What an engine returns for one generate call, prompt-major (n samples per prompt)."""
+
+    completion_ids: list[list[int]] = field(default_factory=list)  # EOS included if generated
+    logprobs: list[list[float]] = field(default_factory=list)  # of each sampled token
+    finish_reasons: list[str] = field(default_factory=list)  # "stop" | "length"
+
+    def add(self, completion: list[int], logprobs: list[float], finish_reason: str) -> None:
+        self.completion_ids.append(completion)
+        self.logprobs.append(logprobs)
+        self.finish_reasons.append(finish_reason)
 
 
 @runtime_checkable
@@ -30,17 +43,8 @@ class GenerationEngine(Protocol):
         temperature == 0 means greedy (log-probs are then log_softmax(logits))."""
         ...
 
-    def init_weight_sync(
-        self,
-        host: str,
-        port: int,
-        rank: int,
-        world_size: int,
-        backend: str,
-        timeout_s: float,
-        peer_names: list[str],
-    ) -> None:
-        """Join the learner's weight-sync group as a receiver (rank >= 1)."""
+    def init_weight_sync(self, endpoint: SyncEndpoint) -> None:
+        """Join the learner's weight-sync group as a receiver (endpoint.rank >= 1)."""
         ...
 
     def receive_weights(self, manifest: list[ParamSpec], bucket_bytes: int, version: int) -> None:

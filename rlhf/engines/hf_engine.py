@@ -10,7 +10,7 @@ import torch
 
 from rlhf.engines.base import Generation, finish_reason
 from rlhf.sync.buckets import ParamSpec
-from rlhf.sync.group import WeightSyncGroup
+from rlhf.sync.group import SyncEndpoint, WeightSyncGroup
 
 
 class HFEngine:
@@ -74,31 +74,20 @@ class HFEngine:
         new = out.sequences[:, width:]
         logp = torch.stack([torch.log_softmax(s.float(), dim=-1) for s in out.scores], dim=1)
         picked = torch.gather(logp, -1, new.unsqueeze(-1)).squeeze(-1)
-        completions, logprobs, reasons = [], [], []
+        result = Generation()
         for i in range(len(rows)):
             toks = new[i].tolist()
             end = next((j + 1 for j, t in enumerate(toks) if t in self.eos_ids), len(toks))
-            completions.append(toks[:end])
-            logprobs.append(picked[i, :end].tolist())
-            reasons.append(finish_reason(toks[:end], self.eos_ids))
-        return completions, logprobs, reasons
+            result.add(
+                toks[:end], picked[i, :end].tolist(), finish_reason(toks[:end], self.eos_ids)
+            )
+        return result
 
     # ------------------------------------------------------------------ weight sync
-    def init_weight_sync(
-        self,
-        host: str,
-        port: int,
-        rank: int,
-        world_size: int,
-        backend: str,
-        timeout_s: float,
-        peer_names: list[str],
-    ) -> None:
+    def init_weight_sync(self, endpoint: SyncEndpoint) -> None:
         self.close_weight_sync()
-        device = next(self.model.parameters()).device if backend == "nccl" else "cpu"
-        self._sync = WeightSyncGroup(
-            host, port, rank, world_size, backend, timeout_s, peer_names, device=device
-        )
+        device = next(self.model.parameters()).device if endpoint.backend == "nccl" else "cpu"
+        self._sync = WeightSyncGroup.join(endpoint, device)
 
     @torch.no_grad()
     def receive_weights(self, manifest: list[ParamSpec], bucket_bytes: int, version: int) -> None:

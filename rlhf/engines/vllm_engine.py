@@ -16,6 +16,7 @@ import torch
 from rlhf.engines.base import Generation, finish_reason
 from rlhf.engines.vllm_extension import manifest_to_wire
 from rlhf.sync.buckets import ParamSpec
+from rlhf.sync.group import SyncEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -126,33 +127,21 @@ class VLLMEngine:
         )
         prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        completions, logprobs, reasons = [], [], []
+        result = Generation()
         for request in outputs:
             for out in sorted(request.outputs, key=lambda o: o.index):
                 toks = list(out.token_ids)
-                completions.append(toks)
-                logprobs.append(
-                    [step[t].logprob for step, t in zip(out.logprobs, toks, strict=True)]
+                result.add(
+                    toks,
+                    [step[t].logprob for step, t in zip(out.logprobs, toks, strict=True)],
+                    finish_reason(toks, self.eos_ids),
                 )
-                reasons.append(finish_reason(toks, self.eos_ids))
-        return completions, logprobs, reasons
+        return result
 
     # ------------------------------------------------------------------ weight sync
-    def init_weight_sync(
-        self,
-        host: str,
-        port: int,
-        rank: int,
-        world_size: int,
-        backend: str,
-        timeout_s: float,
-        peer_names: list[str],
-    ) -> None:
-        self._sync_timeout = timeout_s
-        self.llm.collective_rpc(
-            "rlhf_init_weight_sync",
-            args=(host, port, rank, world_size, backend, timeout_s, list(peer_names)),
-        )
+    def init_weight_sync(self, endpoint: SyncEndpoint) -> None:
+        self._sync_timeout = endpoint.timeout_s
+        self.llm.collective_rpc("rlhf_init_weight_sync", args=(endpoint.to_wire(),))
 
     def receive_weights(self, manifest: list[ParamSpec], bucket_bytes: int, version: int) -> None:
         # No RPC timeout here: the sync group's own deadlines end a stuck sync, and an RPC

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 import torch
 
 from rlhf.sync.buckets import ParamSpec
-from rlhf.sync.group import WeightSyncGroup
+from rlhf.sync.group import SyncEndpoint, WeightSyncGroup
 
 
 def manifest_to_wire(manifest: list[ParamSpec]) -> list[list]:
@@ -28,21 +28,11 @@ def manifest_from_wire(rows: list[list]) -> list[ParamSpec]:
 class WeightSyncExtension:
     """Mixed into vLLM's Worker: `self.model_runner`, `self.device` come from it."""
 
-    def rlhf_init_weight_sync(
-        self,
-        host: str,
-        port: int,
-        rank: int,
-        world_size: int,
-        backend: str,
-        timeout_s: float,
-        peer_names: list[str],
-    ) -> None:
+    def rlhf_init_weight_sync(self, endpoint_wire: dict) -> None:
         self.rlhf_close_weight_sync()
-        device = self.device if backend == "nccl" else torch.device("cpu")
-        self._rlhf_sync = WeightSyncGroup(
-            host, port, rank, world_size, backend, timeout_s, peer_names, device=device
-        )
+        endpoint = SyncEndpoint.from_wire(endpoint_wire)
+        device = self.device if endpoint.backend == "nccl" else torch.device("cpu")
+        self._rlhf_sync = WeightSyncGroup.join(endpoint, device)
 
     def rlhf_receive_weights(self, manifest: list[list], bucket_bytes: int, version: int) -> int:
         group: WeightSyncGroup | None = getattr(self, "_rlhf_sync", None)

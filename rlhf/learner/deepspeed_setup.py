@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from rlhf.config import Config, LearnerConfig
+from rlhf.config import LearnerConfig
 
 SHM_COMM_OP = "deepspeed_shm_comm"
 
@@ -118,44 +118,22 @@ def make_optimizer(model: torch.nn.Module, cfg: LearnerConfig) -> torch.optim.Op
     )
 
 
-def load_policy(model_path: str, gradient_checkpointing: bool) -> torch.nn.Module:
-    """The HF model in fp32 (DeepSpeed casts it for bf16/fp16), with dropout off.
-
-    Dropout off: old log-probs, new log-probs and the sampler must see the same function,
-    or the importance ratio is noise at step 0.
-    """
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(model_path)
-    for key, value in list(vars(config).items()):
-        if "dropout" in key and isinstance(value, float):
-            setattr(config, key, 0.0)
-    model = AutoModelForCausalLM.from_pretrained(model_path, config=config, dtype=torch.float32)
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.config.use_cache = False
-    model.train()
-    return model
-
-
-def build_engine(cfg: Config, model_path: str, world_size: int):
+def build_engine(model: torch.nn.Module, cfg: LearnerConfig, dtype: str, world_size: int):
     """deepspeed.initialize on an already-initialised process group; returns the engine."""
     import deepspeed
 
     skip_shm_comm_op()
-    torch.manual_seed(cfg.run.seed)
-    model = load_policy(model_path, cfg.learner.gradient_checkpointing)
-    optimizer = make_optimizer(model, cfg.learner)
+    if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable()
+    optimizer = make_optimizer(model, cfg)
     # Built on the client optimizer: DeepSpeed's ZeRO wrappers step it with its own
     # param_groups, so the schedule's lr reaches every step.
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_factor(cfg.learner.warmup_iterations)
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_factor(cfg.warmup_iterations))
     engine, *_ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
         lr_scheduler=scheduler,
-        config=ds_config(cfg.learner, cfg.model.dtype, world_size),
+        config=ds_config(cfg, dtype, world_size),
         dist_init_required=False,
     )
     return engine

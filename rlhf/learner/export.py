@@ -12,6 +12,7 @@ import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from rlhf.sync.buckets import ParamSpec
@@ -51,6 +52,19 @@ def full_parameters(module: torch.nn.Module, device: torch.device | str | None =
             yield name, t
         else:
             yield name, p.data.detach().to(device or p.device)
+
+
+def full_gradients(module: torch.nn.Module) -> dict[str, np.ndarray]:
+    """Every parameter's full fp32 gradient, between the last backward of a step and the
+    optimizer step (ZeRO keeps gradients partitioned; a collective under ZeRO-3)."""
+    from deepspeed.utils import safe_get_full_grad
+
+    out = {}
+    for name, p in module.named_parameters():
+        g = safe_get_full_grad(p)
+        if g is not None:
+            out[name] = g.detach().float().cpu().numpy().copy()
+    return out
 
 
 def drain(named: Iterable[tuple[str, torch.Tensor]]) -> None:

@@ -22,6 +22,34 @@ def token_logprobs(
     return torch.nn.functional.pad(picked, (1, 0), value=0.0)
 
 
+def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """[B, T, V] logits -> [B, T] entropy of the distribution each target was drawn from
+    (aligned like `token_logprobs`: position t holds the entropy of the prediction of t)."""
+    z = logits[:, :-1].float()
+    if temperature != 1.0:
+        z = z / temperature
+    log_z = torch.logsumexp(z, dim=-1)
+    entropy = log_z - (torch.softmax(z, dim=-1) * z).sum(-1)
+    return torch.nn.functional.pad(entropy, (1, 0), value=0.0)
+
+
+def position_ids_of(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens (right padding keeps them 0..len-1)."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def model_logits(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_of(attention_mask),
+        use_cache=False,
+    )
+    return out.logits
+
+
 def model_token_logprobs(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -29,14 +57,7 @@ def model_token_logprobs(
     temperature: float = 1.0,
 ) -> torch.Tensor:
     """Run `model` on right-padded rows and return [B, T] target log-probs."""
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        use_cache=False,
-    )
-    return token_logprobs(out.logits, input_ids, temperature)
+    return token_logprobs(model_logits(model, input_ids, attention_mask), input_ids, temperature)
 
 
 def pad_rows(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:

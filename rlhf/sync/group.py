@@ -15,7 +15,9 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -24,6 +26,32 @@ from rlhf.sync.buckets import ParamSpec, bucket_nbytes, check_matches, pack_buck
 from rlhf.sync.buckets import unpack_bucket as _unpack
 
 SENDER = 0
+
+
+@dataclass(frozen=True)
+class SyncEndpoint:
+    """Where and how one member joins a sync group: everything `WeightSyncGroup` needs."""
+
+    host: str  # the sender's address (it hosts the store)
+    port: int
+    rank: int  # 0 = sender (learner rank 0); 1..N = rollout workers
+    world_size: int
+    backend: str  # "gloo" | "nccl"
+    timeout_s: float
+    peer_names: tuple[str, ...]  # by rank, for errors that name who did not answer
+
+    def for_rank(self, rank: int) -> SyncEndpoint:
+        return replace(self, rank=rank)
+
+    def to_wire(self) -> dict[str, Any]:
+        """Plain types, for RPC layers that take no dataclasses (vLLM's collective_rpc)."""
+        wire = asdict(self)
+        wire["peer_names"] = list(self.peer_names)
+        return wire
+
+    @classmethod
+    def from_wire(cls, wire: dict[str, Any]) -> SyncEndpoint:
+        return cls(**{**wire, "peer_names": tuple(wire["peer_names"])})
 
 
 class WeightSyncTimeout(RuntimeError):
@@ -126,6 +154,13 @@ class WeightSyncGroup:
         except BaseException:
             self.close()
             raise
+
+    @classmethod
+    def join(cls, endpoint: SyncEndpoint, device: str | torch.device = "cpu") -> WeightSyncGroup:
+        e = endpoint
+        return cls(
+            e.host, e.port, e.rank, e.world_size, e.backend, e.timeout_s, list(e.peer_names), device
+        )
 
     # ------------------------------------------------------------------ naming and handshakes
     def _who(self, rank: int) -> str:

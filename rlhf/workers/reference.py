@@ -1,11 +1,13 @@
-"""ReferenceWorker: the frozen reference policy's per-token log-probs of completions."""
+"""ReferenceWorker: the frozen reference policy's per-token log-probs of a batch's rows."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from rlhf.batch import TrainBatch
 from rlhf.config import Config
-from rlhf.models.logprobs import model_token_logprobs, pad_rows
+from rlhf.models.logprobs import model_token_logprobs
 from rlhf.workers.common import setup_worker_process
 
 
@@ -25,32 +27,26 @@ class ReferenceWorker:
             AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
         )
         self.model.requires_grad_(False)
-        self.pad_id = self.model.config.pad_token_id or 0
 
     def ready(self) -> str:
         return self.name
 
     @torch.no_grad()
-    def logprobs(
-        self, prompt_ids: list[list[int]], completion_ids: list[list[int]]
-    ) -> list[list[float]]:
-        """Log-probs of each completion token (at the sampling temperature, like the learner)."""
-        out: list[list[float]] = []
-        for start in range(0, len(prompt_ids), self.micro_batch_size):
-            rows = [
-                list(p) + list(c)
-                for p, c in zip(
-                    prompt_ids[start : start + self.micro_batch_size],
-                    completion_ids[start : start + self.micro_batch_size],
-                    strict=True,
-                )
-            ]
-            ids, mask = pad_rows(rows, self.pad_id)
+    def logprobs(self, batch: TrainBatch) -> np.ndarray:
+        """[rows, T] log-probs of every token (at the sampling temperature, like the learner),
+        in the batch's layout: position t holds log p(token t | tokens < t)."""
+        # Ray hands over read-only arrays: writable copies for torch
+        ids = torch.from_numpy(np.require(batch["input_ids"], requirements=["W"]))
+        mask = torch.from_numpy(np.require(batch["attention_mask"], requirements=["W"]))
+        out = np.zeros(ids.shape, dtype=np.float32)
+        for start in range(0, len(batch), self.micro_batch_size):
+            rows = slice(start, start + self.micro_batch_size)
+            width = max(int(mask[rows].sum(-1).max()), 1)
             lp = model_token_logprobs(
-                self.model, ids.to(self.device), mask.to(self.device), self.temperature
+                self.model,
+                ids[rows, :width].to(self.device),
+                mask[rows, :width].to(self.device),
+                self.temperature,
             )
-            lp = lp.float().cpu()
-            for i, row in enumerate(rows):
-                p_len = len(prompt_ids[start + i])
-                out.append(lp[i, p_len : len(row)].tolist())
+            out[rows, :width] = (lp.float().cpu() * mask[rows, :width]).numpy()
         return out

@@ -23,6 +23,15 @@ class RewardWorker:
         return self.name
 
     def score(
-        self, prompts: list[str], completions: list[str], columns: dict[str, list[object]]
+        self,
+        prompts: list[str],
+        completions: list[str],
+        columns: dict[str, list[object]],
+        functions: list[str] | None = None,
     ) -> tuple[np.ndarray, dict[str, float]]:
-        return score_batch(self.rewards, prompts, completions, columns, self.on_error)
+        """Weighted reward of each sample (NaN: none valid) and metrics. `functions` names
+        other reward functions (weight 1 each) for this call, e.g. evaluation's metric."""
+        rewards = self.rewards
+        if functions is not None:
+            rewards = [NamedReward(f, resolve_reward_function(f), 1.0) for f in functions]
+        return score_batch(rewards, prompts, completions, columns, self.on_error)

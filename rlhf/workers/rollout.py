@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rlhf.config import Config
 from rlhf.sync.buckets import ParamSpec
+from rlhf.sync.group import SyncEndpoint
 from rlhf.types import Rollout
 from rlhf.workers.common import setup_worker_process
 
@@ -29,7 +30,7 @@ class RolloutWorker:
         self, prompt_ids: list[list[int]], n: int, seed: int | None, greedy: bool = False
     ) -> Rollout:
         r = self.cfg.rollout
-        completions, logprobs, finish = self.engine.generate(
+        out = self.engine.generate(
             prompt_ids,
             n=n,
             max_new_tokens=r.max_new_tokens,
@@ -40,26 +41,19 @@ class RolloutWorker:
         )
         return Rollout(
             prompt_ids=[p for p in prompt_ids for _ in range(n)],
-            completion_ids=completions,
-            sampler_logprobs=logprobs,
-            finish_reasons=finish,
+            completion_ids=out.completion_ids,
+            sampler_logprobs=out.logprobs,
+            finish_reasons=out.finish_reasons,
             prompt_index=[i for i in range(len(prompt_ids)) for _ in range(n)],
             policy_version=self.policy_version,
-            completion_texts=self.tokenizer.batch_decode(completions, skip_special_tokens=True),
+            completion_texts=self.tokenizer.batch_decode(
+                out.completion_ids, skip_special_tokens=True
+            ),
             worker=self.name,
         )
 
-    def init_weight_sync(
-        self,
-        host: str,
-        port: int,
-        rank: int,
-        world_size: int,
-        backend: str,
-        timeout_s: float,
-        peer_names: list[str],
-    ) -> None:
-        self.engine.init_weight_sync(host, port, rank, world_size, backend, timeout_s, peer_names)
+    def init_weight_sync(self, endpoint: SyncEndpoint) -> None:
+        self.engine.init_weight_sync(endpoint)
 
     def receive_weights(self, manifest: list[ParamSpec], bucket_bytes: int, version: int) -> int:
         self.engine.receive_weights(manifest, bucket_bytes, version)

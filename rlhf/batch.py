@@ -1,0 +1,366 @@
+"""One batch of named columns, each declared once with its role.
+
+A column is per token (`[B, T]`, aligned with `input_ids`) or per sequence (`[B]`). Its
+declaration says what filler rows get (a copy of a real row, for the model's inputs, or
+zeros) and whether it is a loss weight (renormalised per optimizer step). Selecting,
+concatenating, padding, sharding and the learner's tensor conversion all follow from the
+declarations, so a new column (values, a preference probability, ...) is one `declare` call.
+
+Rows belong to **units** (`TrainBatch.units`): a prompt's group of samples, a preference pair.
+A unit is never split: it stays on one rank and in one micro-batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from rlhf.types import Rollout
+
+Role = Literal["token", "sequence"]
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    role: Role
+    dtype: type
+    doc: str
+    filler: Literal["copy", "zero"] = "zero"  # filler rows: a copy of a real row, or zeros
+    loss_weight: bool = False  # renormalised so every optimizer step sees a full-scale loss
+
+
+COLUMNS: dict[str, Column] = {}
+
+
+def declare(
+    name: str,
+    role: Role,
+    dtype: type,
+    doc: str,
+    filler: Literal["copy", "zero"] = "zero",
+    loss_weight: bool = False,
+) -> Column:
+    """Declare a column (once; an algorithm module declares its own at import)."""
+    col = Column(name, role, dtype, doc, filler, loss_weight)
+    if name in COLUMNS and COLUMNS[name] != col:
+        raise ValueError(f"column {name!r} is already declared differently: {COLUMNS[name]}")
+    COLUMNS[name] = col
+    return col
+
+
+# The columns every run has, and those the shared stages produce.
+INPUT_IDS = declare("input_ids", "token", np.int64, "prompt + completion, right-padded", "copy")
+ATTENTION_MASK = declare("attention_mask", "token", np.int64, "1 on real tokens", "copy")
+COMPLETION_MASK = declare("completion_mask", "token", np.float32, "1 on completion tokens")
+SAMPLER_LOGPROBS = declare(
+    "sampler_logprobs", "token", np.float32, "log-probs under the sampling distribution"
+)
+TRUNCATED = declare("truncated", "sequence", np.float32, "1 if the completion hit max tokens")
+REWARDS = declare("rewards", "sequence", np.float32, "scalar reward; NaN = no valid reward")
+REF_LOGPROBS = declare("ref_logprobs", "token", np.float32, "frozen reference's log-probs")
+OLD_LOGPROBS = declare("old_logprobs", "token", np.float32, "learner's log-probs before update")
+VALUES = declare("values", "token", np.float32, "critic's V(state before token t), pre-update")
+LOSS_WEIGHTS = declare(
+    "loss_weights", "token", np.float32, "the loss aggregation rule", loss_weight=True
+)
+ADVANTAGES = declare("advantages", "token", np.float32, "per-token advantages")
+RETURNS = declare("returns", "token", np.float32, "value targets (PPO)")
+KL_COEF = declare("kl_coef", "sequence", np.float32, "KL coefficient for a loss-term KL")
+
+
+@dataclass
+class TrainBatch:
+    """Rows are samples; `columns` maps declared names to arrays; `units` keeps groups whole.
+
+    Arrays are numpy (Ray moves numpy zero-copy; torch tensors would be pickled).
+    """
+
+    columns: dict[str, np.ndarray]
+    units: np.ndarray  # [B] int64; rows sharing an id stay together (filler rows: < 0)
+    policy_version: int = 0
+
+    def __post_init__(self) -> None:
+        self.units = np.asarray(self.units, dtype=np.int64)
+        for name, array in list(self.columns.items()):
+            self.columns[name] = self._checked(name, array)
+
+    # ------------------------------------------------------------------ access
+    def __len__(self) -> int:
+        return int(self.units.shape[0])
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.columns
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        try:
+            return self.columns[name]
+        except KeyError:
+            raise KeyError(f"batch has no column {name!r}; it has {sorted(self.columns)}") from None
+
+    def __setitem__(self, name: str, array: np.ndarray) -> None:
+        self.columns[name] = self._checked(name, array)
+
+    @property
+    def width(self) -> int:
+        return int(self.columns[INPUT_IDS.name].shape[1])
+
+    def _checked(self, name: str, array: np.ndarray) -> np.ndarray:
+        col = COLUMNS.get(name)
+        if col is None:
+            raise KeyError(f"column {name!r} is not declared (rlhf.batch.declare)")
+        array = np.asarray(array, dtype=col.dtype)
+        rows = len(self.units)
+        if col.role == "sequence" and array.shape != (rows,):
+            raise ValueError(
+                f"column {name!r} is per sequence: want shape ({rows},), got {array.shape}"
+            )
+        if col.role == "token":
+            width = (
+                self.columns[INPUT_IDS.name].shape[1] if INPUT_IDS.name in self.columns else None
+            )
+            if array.ndim != 2 or array.shape[0] != rows or (width and array.shape[1] != width):
+                raise ValueError(
+                    f"column {name!r} is per token: want shape ({rows}, {width}), got {array.shape}"
+                )
+        return array
+
+    # ------------------------------------------------------------------ row operations
+    def select(self, rows: np.ndarray | list[int] | slice) -> TrainBatch:
+        return TrainBatch(
+            {k: v[rows] for k, v in self.columns.items()}, self.units[rows], self.policy_version
+        )
+
+    def only(self, names: list[str]) -> TrainBatch:
+        """The same rows with just these columns (less to send to an actor)."""
+        return TrainBatch({k: self.columns[k] for k in names}, self.units, self.policy_version)
+
+    def filler(self, n: int) -> TrainBatch:
+        """n rows that add nothing: model inputs copied from row 0, every other column zero."""
+        cols = {}
+        for name, v in self.columns.items():
+            copy = v[[0] * n]
+            cols[name] = copy if COLUMNS[name].filler == "copy" else np.zeros_like(copy)
+        return TrainBatch(cols, -np.arange(1, n + 1), self.policy_version)
+
+    @staticmethod
+    def concat(parts: list[TrainBatch]) -> TrainBatch:
+        """Rows of `parts` in order; token columns right-padded (with zeros) to the widest."""
+        width = max(p.width for p in parts)
+        names = parts[0].columns.keys()
+        for p in parts[1:]:
+            if p.columns.keys() != names:
+                raise ValueError(
+                    f"cannot concat batches with columns {sorted(names)} and {sorted(p.columns)}"
+                )
+        cols = {}
+        for name in names:
+            arrays = [p.columns[name] for p in parts]
+            if COLUMNS[name].role == "token":
+                arrays = [np.pad(a, ((0, 0), (0, width - a.shape[1]))) for a in arrays]
+            cols[name] = np.concatenate(arrays, axis=0)
+        units = np.concatenate([p.units for p in parts])
+        return TrainBatch(cols, units, min(p.policy_version for p in parts))
+
+    def unit_rows(self) -> list[np.ndarray]:
+        """Row indices of each unit, units in order of first appearance."""
+        return unit_groups(self.units)
+
+
+# ---------------------------------------------------------------- splitting work over actors
+def unit_groups(units: np.ndarray) -> list[np.ndarray]:
+    """Row indices of each unit, units in order of first appearance."""
+    units = np.asarray(units)
+    _, first, inverse = np.unique(units, return_index=True, return_inverse=True)
+    return [np.flatnonzero(inverse == u) for u in np.argsort(first, kind="stable")]
+
+
+def split_unit_ids(units: np.ndarray, parts: int) -> list[np.ndarray]:
+    """`parts` contiguous row sets of near-equal size, cut only between units (some are
+    empty when there are fewer units than parts)."""
+    groups = unit_groups(units)
+    cuts = _balanced_cuts([len(g) for g in groups], parts)
+    return [
+        np.concatenate([groups[u] for u in cut]) if cut else np.zeros(0, np.int64) for cut in cuts
+    ]
+
+
+# ---------------------------------------------------------------- the learner's plan
+@dataclass
+class Shard:
+    """One rank's part of a batch, in execution order, with the plan every rank follows.
+
+    `steps[k]` lists the row counts of the micro-batches of optimizer step k; every rank
+    gets the same number of steps and of micro-batches per step (ZeRO's forwards and
+    backwards are collectives), padding with one-row filler micro-batches where needed.
+    """
+
+    batch: TrainBatch
+    rows: np.ndarray  # [len(batch)] index of each row in the full batch; -1 = filler
+    steps: list[list[int]] = field(default_factory=list)
+    epochs: int = 1
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.steps) * self.epochs
+
+    def micro_batches(self) -> list[list[slice]]:
+        """Row slices of every micro-batch, per optimizer step (one epoch)."""
+        out, start = [], 0
+        for step in self.steps:
+            slices = []
+            for size in step:
+                slices.append(slice(start, start + size))
+                start += size
+            out.append(slices)
+        return out
+
+
+def _balanced_cuts(sizes: list[int], parts: int) -> list[list[int]]:
+    """Contiguous groups of unit indexes, near-equal in rows, cut only between units."""
+    ends = np.cumsum(sizes)
+    total = int(ends[-1]) if len(ends) else 0
+    cuts = [0]
+    for k in range(1, parts):
+        target = k * total / parts
+        best = int(np.argmin(np.abs(np.concatenate([[0], ends]) - target)))
+        cuts.append(max(best, cuts[-1]))
+    cuts.append(len(sizes))
+    return [list(range(cuts[i], cuts[i + 1])) for i in range(parts)]
+
+
+def _pack(units: list[int], sizes: list[int], limit: int) -> list[list[int]]:
+    """Consecutive units into micro-batches of at most `limit` rows (a bigger unit alone)."""
+    out: list[list[int]] = []
+    rows = 0
+    for u in units:
+        if out and rows + sizes[u] <= limit:
+            out[-1].append(u)
+            rows += sizes[u]
+        else:
+            out.append([u])
+            rows = sizes[u]
+    return out
+
+
+def plan_shards(
+    batch: TrainBatch,
+    world_size: int,
+    mini_batches: int = 1,
+    micro_batch_size: int = 64,
+    epochs: int = 1,
+) -> list[Shard]:
+    """Cut a batch into one `Shard` per rank: whole units, `mini_batches` optimizer steps of
+    near-equal rows, units spread over ranks by rows, micro-batches of at most
+    `micro_batch_size` rows (a unit larger than that is a micro-batch of its own).
+
+    Loss-weight columns are rescaled per step so each step's weights sum to the batch's
+    total: every optimizer step then sees a full-scale loss, whatever its share of rows.
+    """
+    groups = batch.unit_rows()
+    sizes = [len(g) for g in groups]
+    weight_cols = [n for n in batch.columns if COLUMNS[n].loss_weight]
+    scaled = batch.select(np.arange(len(batch)))  # a copy: weights are rescaled in place
+    # per rank: the row indices of every micro-batch of every step
+    plan: list[list[list[np.ndarray]]] = [[] for _ in range(world_size)]
+    for step_units in _balanced_cuts(sizes, mini_batches):
+        if not step_units:
+            continue
+        rows_of_step = np.concatenate([groups[u] for u in step_units])
+        for name in weight_cols:
+            total, here = float(batch[name].sum()), float(batch[name][rows_of_step].sum())
+            if here > 0:
+                scaled.columns[name][rows_of_step] *= total / here
+        # spread units over ranks: largest first, to the rank with fewest rows
+        load = [0] * world_size
+        owned: list[list[int]] = [[] for _ in range(world_size)]
+        for u in sorted(step_units, key=lambda u: (-sizes[u], u)):
+            r = int(np.argmin(load))
+            owned[r].append(u)
+            load[r] += sizes[u]
+        packed = [_pack(sorted(units), sizes, micro_batch_size) for units in owned]
+        count = max(len(p) for p in packed)
+        for r in range(world_size):
+            micro = [np.concatenate([groups[u] for u in mb]) for mb in packed[r]]
+            micro += [np.array([-1])] * (count - len(micro))  # filler: same forward count
+            plan[r].append(micro)
+
+    shards = []
+    for r in range(world_size):
+        order = (
+            np.concatenate([mb for step in plan[r] for mb in step])
+            if plan[r]
+            else np.zeros(0, np.int64)
+        )
+        real = order >= 0
+        parts = []
+        if real.any():
+            parts.append(scaled.select(order[real]))
+        n_fill = int((~real).sum())
+        if n_fill:
+            parts.append(batch.filler(n_fill))
+        # keep execution order: real rows and filler rows interleave as planned
+        merged = (
+            TrainBatch.concat(parts) if len(parts) > 1 else parts[0] if parts else batch.filler(1)
+        )
+        position = np.empty(len(order), dtype=np.int64)
+        position[np.flatnonzero(real)] = np.arange(int(real.sum()))
+        position[np.flatnonzero(~real)] = int(real.sum()) + np.arange(n_fill)
+        shard_batch = merged.select(position) if len(order) else merged
+        steps = [[len(mb) for mb in step] for step in plan[r]]
+        shards.append(Shard(shard_batch, order if len(order) else np.array([-1]), steps, epochs))
+    return shards
+
+
+def scatter_rows(
+    full_rows: int, width: int, shards: list[Shard], outputs: list[np.ndarray]
+) -> np.ndarray:
+    """Put per-rank [rows, T'] outputs back in the full batch's row order, [full_rows, width]."""
+    out = np.zeros((full_rows, width), dtype=np.float32)
+    for shard, part in zip(shards, outputs, strict=True):
+        real = shard.rows >= 0
+        w = min(width, part.shape[1])
+        out[shard.rows[real], :w] = part[real, :w]
+    return out
+
+
+# ---------------------------------------------------------------- from rollouts
+def collate_rollouts(rollouts: list[Rollout], pad_id: int, first_unit: int = 0) -> TrainBatch:
+    """Rollouts (prompt-major, in prompt order) -> a batch whose units are the prompts."""
+    rows: list[list[int]] = []
+    spans: list[tuple[int, int]] = []
+    sampler: list[list[float]] = []
+    truncated: list[float] = []
+    units: list[int] = []
+    offset = first_unit
+    for r in rollouts:
+        for i, (p, c) in enumerate(zip(r.prompt_ids, r.completion_ids, strict=True)):
+            rows.append(list(p) + list(c))
+            spans.append((len(p), len(p) + len(c)))
+            sampler.append(r.sampler_logprobs[i])
+            truncated.append(float(r.finish_reasons[i] == "length"))
+            units.append(offset + r.prompt_index[i])
+        offset += max(r.prompt_index, default=-1) + 1
+    b, t = len(rows), max(len(x) for x in rows)
+    input_ids = np.full((b, t), pad_id, dtype=np.int64)
+    attention_mask = np.zeros((b, t), dtype=np.int64)
+    completion_mask = np.zeros((b, t), dtype=np.float32)
+    sampler_lp = np.zeros((b, t), dtype=np.float32)
+    for i, (row, (start, end)) in enumerate(zip(rows, spans, strict=True)):
+        input_ids[i, : len(row)] = row
+        attention_mask[i, : len(row)] = 1
+        completion_mask[i, start:end] = 1.0
+        sampler_lp[i, start:end] = sampler[i][: end - start]
+    return TrainBatch(
+        {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "completion_mask": completion_mask,
+            "sampler_logprobs": sampler_lp,
+            "truncated": np.asarray(truncated, dtype=np.float32),
+        },
+        np.asarray(units, dtype=np.int64),
+        policy_version=min(r.policy_version for r in rollouts),
+    )

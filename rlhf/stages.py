@@ -1,0 +1,197 @@
+"""The stages that fill a sampled batch's columns, each on its own pool.
+
+| column        | pool      | what                                                   |
+|---------------|-----------|--------------------------------------------------------|
+| rewards       | reward    | reward functions over the decoded completions          |
+| ref_logprobs  | reference | the frozen reference model's per-token log-probs       |
+| old_logprobs  | learner   | the policy's log-probs before this iteration's update  |
+| values        | critic    | the critic's values before this iteration's update     |
+
+An algorithm names the columns it needs (`Algorithm.needs`); the controller submits those
+stages together (they are independent) and collects them, so the pools work at once. Each
+stage is `submit` (returns a `Pending`) and `collect` (writes its column, returns metrics).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from rlhf.batch import TrainBatch, plan_shards, scatter_rows
+from rlhf.dispatch import Pending, Pool
+from rlhf.metrics import combine
+from rlhf.types import Prompt, Rollout
+
+MODEL_INPUTS = ["input_ids", "attention_mask"]
+
+
+@dataclass
+class Sampled:
+    """One round of generation: the batch (units = prompts) and what reward functions read."""
+
+    prompts: list[Prompt]  # one per unit, in unit order
+    rollouts: list[Rollout]
+    batch: TrainBatch
+    texts: list[str]  # decoded completion of every row
+    prompt_of_row: np.ndarray  # [B] index into `prompts`
+
+    @staticmethod
+    def concat(parts: list[Sampled]) -> Sampled:
+        """Rounds of generation as one; units (prompts) renumbered so none collide."""
+        offsets = np.cumsum([0] + [len(p.prompts) for p in parts[:-1]])
+        batches = []
+        for p, o in zip(parts, offsets, strict=True):
+            b = p.batch.select(np.arange(len(p.batch)))  # a copy: units change
+            b.units = b.units + o
+            batches.append(b)
+        return Sampled(
+            prompts=[p for part in parts for p in part.prompts],
+            rollouts=[r for part in parts for r in part.rollouts],
+            batch=TrainBatch.concat(batches),
+            texts=[t for part in parts for t in part.texts],
+            prompt_of_row=np.concatenate(
+                [p.prompt_of_row + o for p, o in zip(parts, offsets, strict=True)]
+            ),
+        )
+
+    def select_rows(self, rows: np.ndarray) -> Sampled:
+        return Sampled(
+            self.prompts,
+            self.rollouts,
+            self.batch.select(rows),
+            [self.texts[i] for i in rows],
+            self.prompt_of_row[rows],
+        )
+
+
+class Stage(ABC):
+    column: ClassVar[str]
+    time_key: ClassVar[str]  # seconds from submit to collected (stages overlap)
+
+    def __init__(self, pool: Pool, timeout_s: float) -> None:
+        self.pool = pool
+        self.timeout_s = timeout_s
+        self._started = 0.0
+
+    def submit(self, s: Sampled) -> Pending:
+        self._started = time.perf_counter()
+        return self._submit(s)
+
+    def collect(self, pending: Pending, s: Sampled) -> dict[str, float]:
+        results = pending.wait(self.timeout_s)
+        metrics = self._collect(results, pending, s)
+        metrics[self.time_key] = time.perf_counter() - self._started
+        return metrics
+
+    @abstractmethod
+    def _submit(self, s: Sampled) -> Pending: ...
+
+    @abstractmethod
+    def _collect(self, results: list[Any], pending: Pending, s: Sampled) -> dict[str, float]: ...
+
+
+class RewardStage(Stage):
+    column = "rewards"
+    time_key = "time/reward"
+
+    def __init__(self, pool: Pool, timeout_s: float, functions: list[str] | None = None) -> None:
+        super().__init__(pool, timeout_s)
+        self.functions = functions  # None: the configured reward functions
+
+    def _submit(self, s: Sampled) -> Pending:
+        keys = list(s.prompts[0].columns) if s.prompts else []
+
+        def args(rows: np.ndarray) -> tuple:
+            prompts = [s.prompts[s.prompt_of_row[i]] for i in rows]
+            columns = {k: [p.columns[k] for p in prompts] for k in keys}
+            return [p.text for p in prompts], [s.texts[i] for i in rows], columns, self.functions
+
+        return self.pool.split("score", s.batch.units, args, what="reward")
+
+    def _collect(self, results, pending, s) -> dict[str, float]:
+        rewards = np.full(len(s.batch), np.nan, dtype=np.float32)
+        for rows, (values, _) in zip(pending.parts, results, strict=True):
+            rewards[rows] = values
+        s.batch["rewards"] = rewards
+        metrics = combine(m for _, m in results)
+        valid = rewards[~np.isnan(rewards)]
+        metrics["reward/mean"] = float(valid.mean()) if valid.size else math.nan
+        metrics["reward/std"] = float(valid.std()) if valid.size else math.nan
+        return metrics
+
+
+class ReferenceStage(Stage):
+    column = "ref_logprobs"
+    time_key = "time/reference"
+
+    def _submit(self, s: Sampled) -> Pending:
+        inputs = s.batch.only(MODEL_INPUTS)
+        return self.pool.split(
+            "logprobs", s.batch.units, lambda rows: (inputs.select(rows),), what="reference"
+        )
+
+    def _collect(self, results, pending, s) -> dict[str, float]:
+        out = np.zeros((len(s.batch), s.batch.width), dtype=np.float32)
+        for rows, part in zip(pending.parts, results, strict=True):
+            out[rows, : part.shape[1]] = part
+        s.batch["ref_logprobs"] = out * s.batch["completion_mask"]
+        return {}
+
+
+class ForwardStage(Stage):
+    """A no-grad pass of a DeepSpeed pool over every row (a collective under ZeRO-3: every
+    rank is called, with shards planned so each runs as many forwards)."""
+
+    field: ClassVar[str]
+
+    def __init__(self, pool: Pool, timeout_s: float, micro_batch_size: int) -> None:
+        super().__init__(pool, timeout_s)
+        self.micro_batch_size = micro_batch_size
+        self._shards: list = []
+
+    def _submit(self, s: Sampled) -> Pending:
+        inputs = s.batch.only([*MODEL_INPUTS, "completion_mask"])
+        self._shards = plan_shards(inputs, len(self.pool), 1, self.micro_batch_size)
+        return self.pool.call_each(
+            "forward_pass", [(shard, self.field) for shard in self._shards], what=self.column
+        )
+
+    def _collect(self, results, pending, s) -> dict[str, float]:
+        full = scatter_rows(len(s.batch), s.batch.width, self._shards, results)
+        s.batch[self.column] = full * s.batch["completion_mask"]
+        return self._metrics(s.batch)
+
+    def _metrics(self, batch: TrainBatch) -> dict[str, float]:
+        return {}
+
+
+class OldLogprobStage(ForwardStage):
+    column = "old_logprobs"
+    field = "logprobs"
+    time_key = "time/old_logprobs"
+
+    def _metrics(self, batch: TrainBatch) -> dict[str, float]:
+        # The engines hold the learner's weights only if these agree (the sync landed).
+        mask = batch["completion_mask"]
+        diff = np.abs(batch["sampler_logprobs"] - batch["old_logprobs"]) * mask
+        return {"sync/logprob_abs_diff": float(diff.sum() / max(mask.sum(), 1.0))}
+
+
+class ValueStage(ForwardStage):
+    column = "values"
+    field = "values"
+    time_key = "time/values"
+
+
+def rollout_metrics(s: Sampled) -> dict[str, float]:
+    lengths = s.batch["completion_mask"].sum(axis=1)
+    return {
+        "rollout/tokens": float(lengths.sum()),
+        "rollout/length_mean": float(lengths.mean()),
+        "rollout/truncated_fraction": float(s.batch["truncated"].mean()),
+    }

@@ -1,0 +1,138 @@
+"""The part every DeepSpeed rank shares (policy learner, critic): joining the training group,
+building the engine, no-grad forward passes and train steps over a planned `Shard`.
+
+All ranks of a pool are called together for every method that touches the model: under
+ZeRO-3 a forward pass, a gather of full weights, or a save is a collective over the group.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from rlhf.algorithms import make_algorithm
+from rlhf.algorithms.base import ForwardOutput
+from rlhf.batch import Shard
+from rlhf.config import Config, LearnerConfig, PoolConfig
+from rlhf.learner import export
+from rlhf.learner.deepspeed_setup import build_engine, init_process_group, resolve_backend
+from rlhf.learner.train_step import StepSettings, Tensors, forward_rows, train_on_shard
+from rlhf.sync.group import free_port
+from rlhf.workers.common import setup_worker_process
+
+
+class DeepSpeedWorker(ABC):
+    role: ClassVar[str]  # "learner" | "critic": its config section, pool and metric prefix
+
+    def __init__(self, cfg: Config, rank: int, world_size: int, model_path: str) -> None:
+        setup_worker_process(self.pool(cfg).num_cpus, cfg.run.seed)
+        self.cfg = cfg
+        self.rank, self.world_size = rank, world_size
+        self.name = f"{self.role}-{rank}"
+        self.model_path = model_path
+        self.algorithm = make_algorithm(cfg.algorithm, cfg.rollout.max_new_tokens)
+        self.engine = None
+
+    # ------------------------------------------------------------------ what differs
+    @classmethod
+    def pool(cls, cfg: Config) -> PoolConfig:
+        return getattr(cfg.topology, cls.role)
+
+    @property
+    def settings(self) -> LearnerConfig:
+        return getattr(self.cfg, self.role)
+
+    @abstractmethod
+    def load_model(self) -> torch.nn.Module: ...
+
+    @abstractmethod
+    def forward(self, model: torch.nn.Module, mb: Tensors) -> ForwardOutput: ...
+
+    @abstractmethod
+    def loss(self, out: ForwardOutput, mb: Tensors): ...
+
+    measures_sampler_gap: ClassVar[bool] = False
+
+    # ------------------------------------------------------------------ set-up
+    def ready(self) -> str:
+        return self.name
+
+    def node_address(self) -> str:
+        import ray
+
+        return ray.util.get_node_ip_address()
+
+    def free_port(self) -> int:
+        return free_port(self.node_address())
+
+    def init_training(self, master_addr: str, master_port: int) -> None:
+        cfg = self.cfg
+        init_process_group(
+            master_addr,
+            master_port,
+            self.rank,
+            self.world_size,
+            resolve_backend(self.settings.backend),
+            join_timeout_s=cfg.sync.timeout_s,
+            # collectives wait for the slowest rank (e.g. rank 0 writing a checkpoint)
+            op_timeout_s=max(cfg.run.call_timeout_s, cfg.sync.timeout_s),
+        )
+        torch.manual_seed(cfg.run.seed)
+        self.engine = build_engine(
+            self.load_model(), self.settings, cfg.model.dtype, self.world_size
+        )
+
+    def _engine(self):
+        if self.engine is None:
+            raise RuntimeError(f"{self.name}: init_training has not run")
+        return self.engine
+
+    @property
+    def _module(self) -> torch.nn.Module:
+        return self._engine().module
+
+    # ------------------------------------------------------------------ work
+    def forward_pass(self, shard: Shard, field: str) -> np.ndarray:
+        """[rows, T] of `field` ("logprobs" | "values") for every row, no gradients."""
+        return forward_rows(self._engine(), shard, self.forward, field)
+
+    def train_step(self, shard: Shard) -> dict[str, float]:
+        return self._train(shard, None)
+
+    def train_step_capturing_gradients(
+        self, shard: Shard
+    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """`train_step`, also returning the first optimizer step's full gradients as the
+        optimizer receives them (before clipping) — for exactness tests."""
+        grads: dict[str, np.ndarray] = {}
+        metrics = self._train(shard, lambda: grads.update(export.full_gradients(self._module)))
+        return metrics, grads
+
+    def _train(self, shard: Shard, before_first_step) -> dict[str, float]:
+        t0 = time.perf_counter()
+        settings = StepSettings(
+            role=self.role,
+            dp_world_size=self.world_size,
+            measure_sampler_gap=self.measures_sampler_gap and "old_logprobs" not in shard.batch,
+        )
+        metrics = train_on_shard(
+            self._engine(), shard, self.forward, self.loss, settings, before_first_step
+        )
+        metrics[f"{self.role}/seconds"] = time.perf_counter() - t0
+        return metrics
+
+    def shutdown(self) -> None:
+        import torch.distributed as dist
+
+        if self.engine is not None:
+            try:
+                self.engine.destroy()
+            except Exception:  # best effort: the process is going away anyway
+                pass
+            self.engine = None
+        if dist.is_initialized():
+            dist.destroy_process_group()
