@@ -116,7 +116,11 @@ class RewardConfig(Section):
 
 class LearnerConfig(Section):
     lr: float = Field(1e-4, gt=0)
-    warmup_iterations: int = Field(10, ge=0)
+    warmup_iterations: int = Field(10, ge=0, description="linear lr warm-up")
+    lr_decay: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="after warm-up, to min_lr_ratio * lr at the last iteration"
+    )
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
     weight_decay: float = Field(0.0, ge=0)
     adam_betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float = Field(1.0, ge=0, description="0 disables clipping")

@@ -100,7 +100,11 @@ class Trainer:
         batch = sampled.batch
         record.update(algo.prepare(batch))
         t0 = time.perf_counter()
-        train_policy = not algo.critic_only(it)
+        # A batch with no loss weight at all (every sample dropped) trains nothing: an
+        # optimizer step on zero gradients would still move the weights (Adam's momentum).
+        skip = float(batch["loss_weights"].sum()) == 0.0
+        record["train/skipped"] = float(skip)
+        train_policy = not algo.critic_only(it) and not skip
         pending: list[Pending] = []
         if train_policy:
             shards = plan_shards(
@@ -111,7 +115,7 @@ class Trainer:
                 algo.epochs,
             )
             pending.append(self.pools.learner.call_each("train_step", [(s,) for s in shards]))
-        if algo.trains_critic:
+        if algo.trains_critic and not skip:
             shards = plan_shards(
                 batch,
                 len(self.pools.critic),
@@ -178,12 +182,14 @@ class Trainer:
         kept: list[Sampled] = []
         per_round: list[dict[str, float]] = []
         have, sampled, generate_seconds = 0, first, 0.0
+        scored_last = first
         for round_ in range(algo.refill_rounds + 1):
             if round_ > 0:
                 t0 = time.perf_counter()
                 sampled = self._sample(target - have, it, round_)
                 generate_seconds += time.perf_counter() - t0
             per_round.append(self._run_stages({"rewards"}, sampled))
+            scored_last = sampled
             keep = algo.keep_units(sampled.batch)
             rows = np.arange(len(sampled.batch)) if keep is None else np.flatnonzero(keep)
             units = np.unique(sampled.batch.units[rows])[: target - have]
@@ -199,11 +205,9 @@ class Trainer:
         metrics["dynamic/rounds"] = float(len(per_round))
         metrics["dynamic/kept_groups"] = float(have)
         metrics["dynamic/short_by"] = float(max(target - have, 0))
-        if not kept or have == 0:
-            raise RuntimeError(
-                f"dynamic sampling: no prompt group with differing rewards in "
-                f"{len(per_round)} rounds; raise algorithm.max_refill_rounds or turn it off"
-            )
+        if have == 0:  # nothing to learn from: the iteration trains nothing (counted)
+            log.warning("dynamic sampling: no informative group in %d rounds", len(per_round))
+            return scored_last, metrics
         return Sampled.concat(kept), metrics
 
     # ------------------------------------------------------------------ evaluation

@@ -116,8 +116,12 @@ class Pools:
     def build_sync_group(self, timeout: float) -> None:
         """(Re)build the weight-sync group: learner rank 0 is rank 0, rollout workers follow."""
         cfg, t = self.cfg, self.cfg.topology
-        host, port = self._address(self.learner, timeout, "sync group address")
         names = ("learner-0", *self.rollout.actors)
+        ((host, port),) = (
+            self.learner.lead()
+            .call_all("host_sync_store", len(names), what="sync group store")
+            .wait(timeout)
+        )
         endpoint = SyncEndpoint(
             host=host,
             port=port,

@@ -157,8 +157,7 @@ class Learners:
             cfg = make_cfg(stage)
             actors = [remote.remote(cfg, r, world, self.model_path) for r in range(world)]
             ray.get([a.ready.remote() for a in actors])
-            addr = ray.get(actors[0].node_address.remote())
-            port = ray.get(actors[0].free_port.remote())
+            addr, port = ray.get(actors[0].host_training_store.remote())
             t0 = time.perf_counter()
             pending[(stage, world)] = (t0, [a.init_training.remote(addr, port) for a in actors])
             self.groups[(stage, world)] = actors
@@ -215,9 +214,8 @@ def reference_iteration(model_path: str, batch: TrainBatch, cfg: Config):
     algo = make_algorithm(cfg.algorithm, cfg.rollout.max_new_tokens)
     lc = cfg.learner
     opt = torch.optim.AdamW(model.parameters(), lr=lc.lr, betas=lc.adam_betas, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / lc.warmup_iterations)
-    )
+    warmup_steps = lc.warmup_iterations * EPOCHS * MINI_BATCHES  # the warm-up counts iterations
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup_steps))
     t = to_tensors(batch, "cpu")
     total = t["loss_weights"].sum()
     norms, lrs, first_grads = [], [], None
@@ -369,9 +367,8 @@ def test_broadcast_weights_reach_a_receiver(learners):
     assert [s.name for s in manifest] == list(weights)
     assert all(s.shape == weights[s.name].shape for s in manifest)
 
-    host = ray.get(pair[0].node_address.remote())
-    port = ray.get(pair[0].free_port.remote())
     names = ["learner-0", "test-receiver"]
+    host, port = ray.get(pair[0].host_sync_store.remote(len(names)))
     endpoint = SyncEndpoint(host, port, 0, 2, "gloo", 60.0, tuple(names))
     joins = [a.init_weight_sync.remote(endpoint) for a in pair]
     receiver = WeightSyncGroup(host, port, 1, 2, "gloo", 60.0, names)

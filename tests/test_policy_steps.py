@@ -115,10 +115,7 @@ def sampled_batch(model_path: str) -> Sampled:
 def start(worker_cls, cfg, model_path: str, role: str) -> Pool:
     remote = ray.remote(num_cpus=0.5)(worker_cls)
     pool = Pool(role, {f"{role}-0": remote.remote(cfg, 0, 1, model_path)})
-    lead = pool.lead()
-    (host,), (port,) = wait_all(
-        [lead.call_all("node_address"), lead.call_all("free_port")], TIMEOUT, "address"
-    )
+    ((host, port),) = pool.lead().call_all("host_training_store").wait(TIMEOUT)
     pool.call_all("init_training", host, port).wait(TIMEOUT)
     return pool
 

@@ -18,6 +18,7 @@ from rlhf.algorithms.base import Algorithm
 from rlhf.algorithms.kl import kl_estimate
 from rlhf.algorithms.policy import (
     PolicyGradientConfig,
+    check_kl_placement,
     policy_loss_terms,
     set_loss_weights,
     valid_rows,
@@ -52,6 +53,7 @@ class GRPOConfig(PolicyGradientConfig):
         return {True: "group", False: "none"}.get(v, v) if isinstance(v, bool) else v
 
     def check(self, cfg: Config) -> None:
+        check_kl_placement(self.kl_estimator, True, self.beta)
         if cfg.rollout.samples_per_prompt < 2:
             raise ValueError(
                 "rollout.samples_per_prompt must be >= 2 for grpo (advantages compare samples of a prompt)"

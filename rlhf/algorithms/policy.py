@@ -43,6 +43,16 @@ class PolicyGradientConfig(Section):
         return self.epochs * self.mini_batches > 1
 
 
+def check_kl_placement(estimator: str, in_loss: bool, beta: float) -> None:
+    """k1 as a loss term has zero expected gradient on-policy (E[grad log pi] = 0): it adds
+    only noise. It belongs in the reward; the loss takes k2 or k3."""
+    if in_loss and beta > 0 and estimator == "k1":
+        raise ValueError(
+            "algorithm.kl_estimator: k1 as a loss term has zero expected gradient on-policy; "
+            "use k2 or k3 in the loss (or put the KL in the reward)"
+        )
+
+
 def clipped_surrogate(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,

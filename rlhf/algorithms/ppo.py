@@ -23,6 +23,7 @@ from rlhf.algorithms.kl import kl_estimate
 from rlhf.algorithms.kl_control import KLController
 from rlhf.algorithms.policy import (
     PolicyGradientConfig,
+    check_kl_placement,
     policy_loss_terms,
     set_loss_weights,
     token_mean,
@@ -56,6 +57,7 @@ class PPOConfig(PolicyGradientConfig):
     whiten_advantages: bool = Field(True, description="advantages to mean 0, std 1 per batch")
 
     def check(self, cfg: Config) -> None:
+        check_kl_placement(self.kl_estimator, not self.kl_in_reward, self.beta)
         if cfg.topology.critic.workers < 1:
             raise ValueError("topology.critic.workers must be >= 1 for ppo (it trains a critic)")
 

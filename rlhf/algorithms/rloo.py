@@ -19,6 +19,7 @@ from rlhf.algorithms.base import Algorithm
 from rlhf.algorithms.kl import kl_estimate
 from rlhf.algorithms.policy import (
     PolicyGradientConfig,
+    check_kl_placement,
     policy_loss_terms,
     set_loss_weights,
     token_mean,
@@ -39,6 +40,7 @@ class RLOOConfig(PolicyGradientConfig):
     )
 
     def check(self, cfg: Config) -> None:
+        check_kl_placement(self.kl_estimator, not self.kl_in_reward, self.beta)
         if cfg.rollout.samples_per_prompt < 2:
             raise ValueError(
                 "rollout.samples_per_prompt must be >= 2 for rloo (the baseline is the other samples)"

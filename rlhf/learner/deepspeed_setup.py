@@ -6,6 +6,7 @@ has a deadline of its own and the backend is the one the config names.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from datetime import timedelta
@@ -34,8 +35,10 @@ def init_process_group(
     backend: str,
     join_timeout_s: float,
     op_timeout_s: float,
+    store: dist.TCPStore | None = None,
 ) -> None:
-    """Join the training group: rank 0 hosts the store; a missing peer fails after join_timeout_s."""
+    """Join the training group: rank 0 hosts the store (`store`, already listening, from
+    `rlhf.sync.group.host_store`); a missing peer fails after join_timeout_s."""
     # DeepSpeed reads these (device choice, logging); LOCAL_RANK is 0 because Ray gives each
     # GPU actor exactly the devices it asked for.
     os.environ.update(
@@ -45,7 +48,7 @@ def init_process_group(
         WORLD_SIZE=str(world_size),
         LOCAL_RANK="0",
     )
-    store = dist.TCPStore(
+    store = store or dist.TCPStore(
         master_addr,
         master_port,
         world_size,
@@ -92,13 +95,22 @@ def ds_config(cfg: LearnerConfig, dtype: str, world_size: int) -> dict[str, Any]
     }
 
 
-def warmup_factor(warmup_steps: int) -> Callable[[int], float]:
-    """Linear warm-up over `warmup_steps` optimizer steps (step 0 uses lr / warmup), then 1."""
+def lr_factor(
+    warmup_steps: int, total_steps: int = 0, decay: str = "constant", min_ratio: float = 0.0
+) -> Callable[[int], float]:
+    """The multiple of the base lr at each optimizer step: a linear warm-up over
+    `warmup_steps` (step 0 uses lr / warmup), then constant, or a linear or cosine decay to
+    `min_ratio` at `total_steps` (a quieter end: Adam's steps on noisy policy gradients are
+    lr-sized whatever the signal)."""
 
     def factor(step: int) -> float:
-        if warmup_steps <= 0:
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if decay == "constant" or total_steps <= warmup_steps:
             return 1.0
-        return min(1.0, (step + 1) / warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        shape = 1.0 - progress if decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+        return min_ratio + (1.0 - min_ratio) * shape
 
     return factor
 
@@ -118,8 +130,16 @@ def make_optimizer(model: torch.nn.Module, cfg: LearnerConfig) -> torch.optim.Op
     )
 
 
-def build_engine(model: torch.nn.Module, cfg: LearnerConfig, dtype: str, world_size: int):
-    """deepspeed.initialize on an already-initialised process group; returns the engine."""
+def build_engine(
+    model: torch.nn.Module,
+    cfg: LearnerConfig,
+    dtype: str,
+    world_size: int,
+    steps_per_iteration: int = 1,
+    iterations: int = 0,
+):
+    """deepspeed.initialize on an already-initialised process group; returns the engine.
+    The lr schedule counts optimizer steps: `steps_per_iteration` of them per iteration."""
     import deepspeed
 
     skip_shm_comm_op()
@@ -128,7 +148,13 @@ def build_engine(model: torch.nn.Module, cfg: LearnerConfig, dtype: str, world_s
     optimizer = make_optimizer(model, cfg)
     # Built on the client optimizer: DeepSpeed's ZeRO wrappers step it with its own
     # param_groups, so the schedule's lr reaches every step.
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_factor(cfg.warmup_iterations))
+    schedule = lr_factor(
+        cfg.warmup_iterations * steps_per_iteration,
+        iterations * steps_per_iteration,
+        cfg.lr_decay,
+        cfg.min_lr_ratio,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     engine, *_ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,

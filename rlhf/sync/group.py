@@ -65,6 +65,20 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def host_store(host: str, world_size: int, timeout_s: float) -> dist.TCPStore:
+    """A TCPStore server listening on a port the OS picks at bind time (`.port` says which):
+    no window between choosing a free port and binding it, in which another process on a
+    busy machine could take it."""
+    return dist.TCPStore(
+        host,
+        0,
+        world_size,
+        is_master=True,
+        timeout=timedelta(seconds=timeout_s),
+        wait_for_workers=False,
+    )
+
+
 def local_address_towards(host: str) -> str:
     """This machine's address on the route to `host` (no packet is sent)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -111,7 +125,10 @@ class WeightSyncGroup:
         timeout_s: float,
         peer_names: list[str],
         device: str | torch.device = "cpu",
+        store: dist.TCPStore | None = None,
     ) -> None:
+        """`store`: the sender's already-listening store (see `host_store`), so no port is
+        chosen first and bound later (another process could take it in between)."""
         if world_size < 2:
             raise ValueError(f"a sync group needs a sender and a receiver; world_size={world_size}")
         if len(peer_names) != world_size:
@@ -128,7 +145,7 @@ class WeightSyncGroup:
         self._pg: dist.ProcessGroup | None = None
         timeout = timedelta(seconds=self.timeout_s)
         try:
-            self._store: dist.TCPStore | None = dist.TCPStore(
+            self._store: dist.TCPStore | None = store or dist.TCPStore(
                 host,
                 port,
                 world_size,
@@ -156,10 +173,23 @@ class WeightSyncGroup:
             raise
 
     @classmethod
-    def join(cls, endpoint: SyncEndpoint, device: str | torch.device = "cpu") -> WeightSyncGroup:
+    def join(
+        cls,
+        endpoint: SyncEndpoint,
+        device: str | torch.device = "cpu",
+        store: dist.TCPStore | None = None,
+    ) -> WeightSyncGroup:
         e = endpoint
         return cls(
-            e.host, e.port, e.rank, e.world_size, e.backend, e.timeout_s, list(e.peer_names), device
+            e.host,
+            e.port,
+            e.rank,
+            e.world_size,
+            e.backend,
+            e.timeout_s,
+            list(e.peer_names),
+            device,
+            store,
         )
 
     # ------------------------------------------------------------------ naming and handshakes

@@ -21,7 +21,7 @@ from rlhf.config import Config, LearnerConfig, PoolConfig
 from rlhf.learner import export
 from rlhf.learner.deepspeed_setup import build_engine, init_process_group, resolve_backend
 from rlhf.learner.train_step import StepSettings, Tensors, forward_rows, train_on_shard
-from rlhf.sync.group import free_port
+from rlhf.sync.group import free_port, host_store
 from rlhf.workers.common import setup_worker_process
 
 
@@ -69,8 +69,16 @@ class DeepSpeedWorker(ABC):
     def free_port(self) -> int:
         return free_port(self.node_address())
 
+    def host_training_store(self) -> tuple[str, int]:
+        """Rank 0: start the training group's store; the (address, port) others join."""
+        self._training_store = host_store(
+            self.node_address(), self.world_size, self.cfg.sync.timeout_s
+        )
+        return self.node_address(), int(self._training_store.port)
+
     def init_training(self, master_addr: str, master_port: int) -> None:
         cfg = self.cfg
+        store, self._training_store = getattr(self, "_training_store", None), None
         init_process_group(
             master_addr,
             master_port,
@@ -80,10 +88,16 @@ class DeepSpeedWorker(ABC):
             join_timeout_s=cfg.sync.timeout_s,
             # collectives wait for the slowest rank (e.g. rank 0 writing a checkpoint)
             op_timeout_s=max(cfg.run.call_timeout_s, cfg.sync.timeout_s),
+            store=store,
         )
         torch.manual_seed(cfg.run.seed)
         self.engine = build_engine(
-            self.load_model(), self.settings, cfg.model.dtype, self.world_size
+            self.load_model(),
+            self.settings,
+            cfg.model.dtype,
+            self.world_size,
+            steps_per_iteration=self.algorithm.epochs * self.algorithm.mini_batches,
+            iterations=cfg.run.iterations,
         )
 
     def _engine(self):

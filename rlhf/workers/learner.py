@@ -12,7 +12,7 @@ from rlhf.learner.train_step import Tensors
 from rlhf.models.loading import load_policy
 from rlhf.models.logprobs import model_logits, token_entropy, token_logprobs
 from rlhf.sync.buckets import ParamSpec
-from rlhf.sync.group import SyncEndpoint, WeightSyncGroup
+from rlhf.sync.group import SyncEndpoint, WeightSyncGroup, host_store
 from rlhf.workers.deepspeed_worker import DeepSpeedWorker
 
 
@@ -50,6 +50,14 @@ class LearnerWorker(DeepSpeedWorker):
         self._engine()
         return self.manifest
 
+    def host_sync_store(self, world_size: int) -> tuple[str, int]:
+        """Rank 0: start the sync group's store; the (address, port) receivers join."""
+        if self.sync is not None:  # a rebuild: the old group goes first
+            self.sync.close()
+            self.sync = None
+        self._sync_store = host_store(self.node_address(), world_size, self.cfg.sync.timeout_s)
+        return self.node_address(), int(self._sync_store.port)
+
     def init_weight_sync(self, endpoint: SyncEndpoint) -> None:
         """Rank 0 joins the sync group as its sender; other ranks only help gather (ZeRO-3)."""
         if self.rank != 0:
@@ -62,7 +70,8 @@ class LearnerWorker(DeepSpeedWorker):
             if endpoint.backend == "nccl"
             else torch.device("cpu")
         )
-        self.sync = WeightSyncGroup.join(endpoint.for_rank(0), device)
+        store, self._sync_store = getattr(self, "_sync_store", None), None
+        self.sync = WeightSyncGroup.join(endpoint.for_rank(0), device, store)
 
     def broadcast_weights(self, version: int, bucket_bytes: int) -> dict[str, float]:
         """Rank 0 streams full tensors to the rollout workers; every rank joins the gathers."""

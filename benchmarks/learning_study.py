@@ -1,0 +1,143 @@
+"""Each algorithm on the embedded default, over several seeds: does greedy accuracy rise?
+
+Runs `rlhf train` (the real stack: local Ray, vLLM, DeepSpeed) once per (variant, seed), one
+run at a time, and prints a markdown table: sampled reward of the first and last 10% of
+iterations, greedy accuracy on the held-out prompts before and after, seconds per iteration
+and per run. With --out the table (and the command that made it) is written to a file;
+finished runs are read back from their summary.json, so an interrupted study resumes.
+
+    .venv/bin/python benchmarks/learning_study.py --variants grpo,rloo,ppo --seeds 0,1,2 \\
+        --out benchmarks/results/learning_study.md
+
+Variants are override lists on top of the defaults (`VARIANTS`); `--set key=value` adds
+overrides to every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+VARIANTS: dict[str, list[str]] = {
+    "default": [],
+    "grpo": ["algorithm.name=grpo"],
+    "dr_grpo": [
+        "algorithm.name=grpo",
+        "algorithm.scale_rewards=none",
+        "algorithm.loss_aggregation=constant_normalizer",
+    ],
+    "grpo_batch_scale": ["algorithm.name=grpo", "algorithm.scale_rewards=batch"],
+    "rloo": ["algorithm.name=rloo"],
+    "reinforce_pp": ["algorithm.name=reinforce_pp"],
+    "reinforce_pp_baseline": ["algorithm.name=reinforce_pp", "algorithm.baseline=group"],
+    "ppo": ["algorithm.name=ppo"],
+}
+
+COLUMNS = (
+    ("reward/first_10pct", "sampled reward, first 10%", "{:.3f}"),
+    ("reward/last_10pct", "last 10%", "{:.3f}"),
+    ("eval/greedy_reward_before", "greedy before", "{:.3f}"),
+    ("eval/greedy_reward_after", "greedy after", "{:.3f}"),
+    ("eval/greedy_rise", "greedy rise", "{:+.3f}"),
+    ("seconds/iteration", "s/iteration", "{:.2f}"),
+    ("seconds/total", "run s", "{:.0f}"),
+)
+
+
+def run_one(name: str, overrides: list[str], seed: int, out_dir: Path) -> dict:
+    run = out_dir / f"{name}-s{seed}"
+    summary_file = run / "summary.json"
+    if summary_file.is_file():
+        return json.loads(summary_file.read_text())
+    cmd = [
+        sys.executable,
+        "-m",
+        "rlhf.cli",
+        "train",
+        f"run.output_dir={out_dir}",
+        f"run.name={run.name}",
+        f"run.seed={seed}",
+        "run.progress_bar=false",
+        "run.save_model=false",
+        *overrides,
+    ]
+    print(f"[study] {name} seed {seed}: {shlex.join(cmd[3:])}", flush=True)
+    t0 = time.perf_counter()
+    run.mkdir(parents=True, exist_ok=True)
+    with open(run / "stdout.log", "w") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        print(f"[study] {name} seed {seed} failed: see {run / 'stdout.log'}", flush=True)
+        return {"failed": True}
+    summary = json.loads(summary_file.read_text())
+    summary["seconds/total"] = time.perf_counter() - t0  # the whole command, start-up included
+    summary_file.write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def table(results: dict[tuple[str, int], dict], variants: list[str], seeds: list[int]) -> str:
+    head = "| variant | seed | " + " | ".join(c[1] for c in COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
+    for v in variants:
+        rises = []
+        for s in seeds:
+            r = results.get((v, s), {})
+            if r.get("failed") or not r:
+                lines.append(f"| {v} | {s} | " + " | ".join("-" for _ in COLUMNS) + " |")
+                continue
+            cells = [fmt.format(r[key]) if key in r else "-" for key, _, fmt in COLUMNS]
+            lines.append(f"| {v} | {s} | " + " | ".join(cells) + " |")
+            rises.append(r["eval/greedy_rise"])
+        if len(rises) > 1:
+            lines.append(
+                f"| **{v}** | mean | | | | | **{statistics.mean(rises):+.3f}** "
+                f"(min {min(rises):+.3f}) | | |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--variants", default="default", help=f"comma list of {', '.join(VARIANTS)}")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--set", action="append", default=[], help="override for every run")
+    p.add_argument("--runs-dir", default="runs/learning_study")
+    p.add_argument("--out", help="write the table (markdown) here")
+    args = p.parse_args()
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    out_dir = Path(args.runs_dir)
+    results = {}
+    for v in variants:
+        for s in seeds:
+            results[(v, s)] = run_one(v, VARIANTS[v] + args.set, s, out_dir)
+            print(table(results, variants, seeds), flush=True)
+    text = table(results, variants, seeds)
+    if args.out:
+        cmd = shlex.join(["benchmarks/learning_study.py", *sys.argv[1:]])
+        header = (
+            f"Machine: {platform.processor() or platform.machine()}, "
+            f"{time.strftime('%Y-%m-%d')}. Command: `.venv/bin/python {cmd}`\n"
+            "Variants: "
+            + "; ".join(
+                f"`{v}` = `{' '.join(VARIANTS[v] + args.set) or '(defaults)'}`" for v in variants
+            )
+            + "\n\n"
+        )
+        Path(args.out).write_text(header + text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
