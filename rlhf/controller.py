@@ -107,23 +107,9 @@ class Trainer:
         train_policy = not algo.critic_only(it) and not skip
         pending: list[Pending] = []
         if train_policy:
-            shards = plan_shards(
-                batch,
-                len(self.pools.learner),
-                algo.mini_batches,
-                cfg.learner.micro_batch_size,
-                algo.epochs,
-            )
-            pending.append(self.pools.learner.call_each("train_step", [(s,) for s in shards]))
+            pending.append(self._train(self.pools.learner, batch, cfg.learner.micro_batch_size))
         if algo.trains_critic and not skip:
-            shards = plan_shards(
-                batch,
-                len(self.pools.critic),
-                algo.mini_batches,
-                cfg.critic.micro_batch_size,
-                algo.epochs,
-            )
-            pending.append(self.pools.critic.call_each("train_step", [(s,) for s in shards]))
+            pending.append(self._train(self.pools.critic, batch, cfg.critic.micro_batch_size))
         for part in wait_all(pending, self.timeout, "train_step"):
             record.update(combine(part))
         record["time/train"] = time.perf_counter() - t0
@@ -137,6 +123,12 @@ class Trainer:
         record.update(algo.after_iteration(record))
         record["time/iteration"] = time.perf_counter() - started
         return record
+
+    def _train(self, pool, batch, micro_batch_size: int) -> Pending:
+        """Submit one train step to every rank of a DeepSpeed pool, on its planned shard."""
+        algo = self.algorithm
+        shards = plan_shards(batch, len(pool), algo.mini_batches, micro_batch_size, algo.epochs)
+        return pool.call_each("train_step", [(s,) for s in shards])
 
     def _sample(self, num_prompts: int, it: int, round_: int) -> Sampled:
         """Prompts for (iteration, round), a pure function of the seed, generated."""

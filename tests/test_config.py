@@ -44,6 +44,7 @@ def test_yaml_then_overrides(tmp_path):
         ("algorithm.lam=0.9", r"algorithm\.lam: unknown field; allowed here: .*scale_rewards"),
         ("algorithm.name=dpo", r"algorithm: .*'dpo'.*'grpo', 'ppo', 'rloo', 'reinforce_pp'"),
         ("learner.micro_batch_size=4", r"learner\.micro_batch_size \(4\) must be >= rollout"),
+        ("algorithm.kl_estimator=k1", r"algorithm\.kl_estimator: k1 as a loss term"),
     ],
 )
 def test_bad_values_name_the_field(override, expected):

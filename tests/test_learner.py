@@ -22,12 +22,11 @@ import torch
 
 from rlhf.algorithms import make_algorithm
 from rlhf.algorithms.base import ForwardOutput
-from rlhf.batch import TrainBatch, collate_rollouts, plan_shards
+from rlhf.batch import TrainBatch, plan_shards
 from rlhf.config import Config, load_config
 from rlhf.learner.train_step import take_rows, to_tensors
 from rlhf.models.logprobs import model_token_logprobs, pad_rows
-from rlhf.models.tiny import build_tiny_model
-from rlhf.types import Rollout
+from tests.rows import sampled_rows, tiny_model
 
 TEMPERATURE = 0.7
 EPOCHS, MINI_BATCHES = 2, 2
@@ -53,19 +52,9 @@ def test_take_rows_trims_right_padding_of_token_columns_only():
 # ---------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("learner") / "tiny"
     # MLP matrices (256 x 512) exceed ZeRO-3's persistence threshold (1e5 elements) and get
     # partitioned; attention and norms stay whole: both kinds are exercised.
-    build_tiny_model(
-        path,
-        ["12+30=42", "7+5=12", "the quick brown fox jumps over the lazy dog"] * 30,
-        hidden_size=256,
-        num_layers=1,
-        num_heads=4,
-        num_kv_heads=2,
-        intermediate_size=512,
-    )
-    return str(path)
+    return tiny_model(tmp_path_factory.mktemp("learner") / "tiny", 256, 4, 2, 512)
 
 
 def make_cfg(stage: int) -> Config:
@@ -98,34 +87,11 @@ def hf_model(path: str):
 def batch(model_path) -> TrainBatch:
     """16 rows with varied lengths and rewards; sampler and reference log-probs are the
     initial model's own (as a synced rollout engine and a fresh reference would give)."""
-    rng = np.random.default_rng(0)
-    model = hf_model(model_path)
-    vocab = model.config.vocab_size
-    prompts = [rng.integers(3, vocab, size=rng.integers(2, 6)).tolist() for _ in range(PROMPTS)]
-    prompt_ids = [p for p in prompts for _ in range(SAMPLES)]
-    completions = [rng.integers(3, vocab, size=rng.integers(1, 7)).tolist() for _ in prompt_ids]
-    rows = [p + c for p, c in zip(prompt_ids, completions, strict=True)]
-    ids, mask = pad_rows(rows, pad=0)
-    with torch.no_grad():
-        lp = model_token_logprobs(model, ids, mask, TEMPERATURE)
-    own = [
-        lp[i, len(p) : len(r)].tolist()
-        for i, (p, r) in enumerate(zip(prompt_ids, rows, strict=True))
-    ]
-    rollout = Rollout(
-        prompt_ids=prompt_ids,
-        completion_ids=completions,
-        sampler_logprobs=own,
-        finish_reasons=["length"] * len(rows),
-        prompt_index=[i for i in range(PROMPTS) for _ in range(SAMPLES)],
-        policy_version=0,
-    )
-    out = collate_rollouts([rollout], pad_id=0)
-    rewards = rng.integers(0, 2, size=len(rows)).astype(np.float32)
+    out = sampled_rows(model_path, PROMPTS, SAMPLES, TEMPERATURE, seed=0)
+    rewards = np.random.default_rng(0).integers(0, 2, size=len(out)).astype(np.float32)
     rewards[:SAMPLES] = [1, 0, 0, 1]  # the first group surely has a signal
     rewards[1] = np.nan  # a dropped sample: zero weight
     out["rewards"] = rewards
-    out["ref_logprobs"] = out["sampler_logprobs"]  # a fresh reference is the initial policy
     cfg = make_cfg(2)
     make_algorithm(cfg.algorithm, cfg.rollout.max_new_tokens).prepare(out)
     assert np.abs(out["advantages"]).sum() > 0

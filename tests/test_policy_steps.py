@@ -15,16 +15,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import ray
-import torch
 
 from rlhf.algorithms import make_algorithm
-from rlhf.batch import collate_rollouts, plan_shards
+from rlhf.batch import plan_shards
 from rlhf.config import load_config
 from rlhf.dispatch import Pool, wait_all
-from rlhf.models.logprobs import model_token_logprobs, pad_rows
-from rlhf.models.tiny import build_tiny_model
 from rlhf.stages import OldLogprobStage, Sampled, ValueStage
-from rlhf.types import Rollout
+from tests.rows import sampled_rows, tiny_model
 
 pytestmark = pytest.mark.slow
 
@@ -34,17 +31,7 @@ TIMEOUT = 300.0
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("steps") / "tiny"
-    build_tiny_model(
-        path,
-        ["12+30=42", "7+5=12", "the quick brown fox jumps over the lazy dog"] * 30,
-        hidden_size=64,
-        num_layers=1,
-        num_heads=2,
-        num_kv_heads=1,
-        intermediate_size=128,
-    )
-    return str(path)
+    return tiny_model(tmp_path_factory.mktemp("steps") / "tiny", 64, 2, 1, 128)
 
 
 @pytest.fixture(scope="module")
@@ -76,40 +63,14 @@ def cfg_for(algorithm: str, *extra: str):
 
 
 def sampled_batch(model_path: str) -> Sampled:
-    """Rows as a rollout would give them: the initial policy's own sampler log-probs, the
-    same model as the reference, rewards with a spread in every group."""
-    from transformers import AutoModelForCausalLM
-
-    rng = np.random.default_rng(1)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
-    vocab = model.config.vocab_size
-    prompts = [rng.integers(3, vocab, size=rng.integers(2, 5)).tolist() for _ in range(PROMPTS)]
-    prompt_ids = [p for p in prompts for _ in range(SAMPLES)]
-    completions = [rng.integers(3, vocab, size=rng.integers(1, 6)).tolist() for _ in prompt_ids]
-    rows = [p + c for p, c in zip(prompt_ids, completions, strict=True)]
-    ids, mask = pad_rows(rows, pad=0)
-    with torch.no_grad():
-        lp = model_token_logprobs(model, ids, mask)
-    own = [
-        lp[i, len(p) : len(r)].tolist()
-        for i, (p, r) in enumerate(zip(prompt_ids, rows, strict=True))
-    ]
-    rollout = Rollout(
-        prompt_ids=prompt_ids,
-        completion_ids=completions,
-        sampler_logprobs=own,
-        finish_reasons=["length"] * len(rows),
-        prompt_index=[i for i in range(PROMPTS) for _ in range(SAMPLES)],
-        policy_version=0,
-    )
-    batch = collate_rollouts([rollout], pad_id=0)
+    """Rows as a rollout would give them, with rewards 1 and 0 in every group."""
+    batch = sampled_rows(model_path, PROMPTS, SAMPLES, temperature=1.0, seed=1)
     rewards = np.tile([1.0, 0.0, 0.0, 1.0], PROMPTS).astype(np.float32)
-    rng.shuffle(rewards)
+    np.random.default_rng(1).shuffle(rewards)
     for g in range(PROMPTS):  # every group gets both rewards
         rewards[g * SAMPLES : g * SAMPLES + 2] = [1.0, 0.0]
     batch["rewards"] = rewards
-    batch["ref_logprobs"] = batch["sampler_logprobs"]
-    return Sampled([], [rollout], batch, [""] * len(batch), batch.units.copy())
+    return Sampled([], [], batch, [""] * len(batch), batch.units.copy())
 
 
 def start(worker_cls, cfg, model_path: str, role: str) -> Pool:

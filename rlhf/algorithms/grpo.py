@@ -20,6 +20,7 @@ from rlhf.algorithms.policy import (
     PolicyGradientConfig,
     check_kl_placement,
     policy_loss_terms,
+    policy_needs,
     set_loss_weights,
     valid_rows,
 )
@@ -77,12 +78,7 @@ class GRPO(Algorithm):
 
     @property
     def needs(self) -> frozenset[str]:
-        needs = {"rewards"}
-        if self.cfg.beta > 0:
-            needs.add("ref_logprobs")
-        if self.cfg.multi_step:
-            needs.add("old_logprobs")
-        return frozenset(needs)
+        return frozenset(policy_needs(self.cfg, self.cfg.beta, kl_in_reward=False))
 
     def keep_units(self, batch: TrainBatch) -> np.ndarray | None:
         if self.cfg.dynamic_sampling == "off":

@@ -43,6 +43,20 @@ class PolicyGradientConfig(Section):
         return self.epochs * self.mini_batches > 1
 
 
+def policy_needs(cfg: PolicyGradientConfig, beta: float, kl_in_reward: bool) -> set[str]:
+    """Stage columns of a policy-gradient algorithm: rewards; reference log-probs for a KL;
+    pre-update log-probs for a KL in the reward (its estimate is taken from them) or for
+    several optimizer steps per batch."""
+    needs = {"rewards"}
+    if beta > 0:
+        needs.add("ref_logprobs")
+        if kl_in_reward:
+            needs.add("old_logprobs")
+    if cfg.multi_step:
+        needs.add("old_logprobs")
+    return needs
+
+
 def check_kl_placement(estimator: str, in_loss: bool, beta: float) -> None:
     """k1 as a loss term has zero expected gradient on-policy (E[grad log pi] = 0): it adds
     only noise. It belongs in the reward; the loss takes k2 or k3."""

@@ -25,6 +25,7 @@ from rlhf.algorithms.policy import (
     PolicyGradientConfig,
     check_kl_placement,
     policy_loss_terms,
+    policy_needs,
     set_loss_weights,
     token_mean,
     valid_rows,
@@ -85,14 +86,7 @@ class PPO(Algorithm):
 
     @property
     def needs(self) -> frozenset[str]:
-        needs = {"rewards", "values"}
-        if self.cfg.beta > 0:
-            needs.add("ref_logprobs")
-            if self.cfg.kl_in_reward:
-                needs.add("old_logprobs")
-        if self.cfg.multi_step:
-            needs.add("old_logprobs")
-        return frozenset(needs)
+        return frozenset(policy_needs(self.cfg, self.cfg.beta, self.cfg.kl_in_reward) | {"values"})
 
     def critic_only(self, iteration: int) -> bool:
         return iteration < self.cfg.critic_warmup_iterations

@@ -25,6 +25,7 @@ from rlhf.algorithms.base import Algorithm
 from rlhf.algorithms.policy import (
     PolicyGradientConfig,
     policy_loss_terms,
+    policy_needs,
     set_loss_weights,
     token_mean,
     valid_rows,
@@ -58,12 +59,7 @@ class ReinforcePP(Algorithm):
 
     @property
     def needs(self) -> frozenset[str]:
-        needs = {"rewards"}
-        if self.cfg.beta > 0:
-            needs |= {"ref_logprobs", "old_logprobs"}
-        if self.cfg.multi_step:
-            needs.add("old_logprobs")
-        return frozenset(needs)
+        return frozenset(policy_needs(self.cfg, self.cfg.beta, kl_in_reward=True))
 
     def prepare(self, batch: TrainBatch) -> dict[str, float]:
         valid = valid_rows(batch, self.cfg)

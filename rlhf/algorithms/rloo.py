@@ -21,6 +21,7 @@ from rlhf.algorithms.policy import (
     PolicyGradientConfig,
     check_kl_placement,
     policy_loss_terms,
+    policy_needs,
     set_loss_weights,
     token_mean,
     valid_rows,
@@ -61,14 +62,7 @@ class RLOO(Algorithm):
 
     @property
     def needs(self) -> frozenset[str]:
-        needs = {"rewards"}
-        if self.cfg.beta > 0:
-            needs.add("ref_logprobs")
-            if self.cfg.kl_in_reward:
-                needs.add("old_logprobs")
-        if self.cfg.multi_step:
-            needs.add("old_logprobs")
-        return frozenset(needs)
+        return frozenset(policy_needs(self.cfg, self.cfg.beta, self.cfg.kl_in_reward))
 
     def prepare(self, batch: TrainBatch) -> dict[str, float]:
         valid = valid_rows(batch, self.cfg)
