@@ -6,8 +6,8 @@ log-probs from the learner, values from the critic) run through the controller's
 code, `prepare` gives advantages, one `train_step`, then the learner's log-probs again.
 Checked: summed over a row's completion tokens, the log-prob change is positive on average
 over rows whose advantage is positive and negative over rows whose advantage is negative.
-One Adam step with lr 1e-3 moves a 1-layer model's log-probs by ~1e-1 here, a first-order
-effect in the direction of the gradient, far above float noise (~1e-6).
+One Adam step with lr 1e-3 moves a row's summed log-prob by about 0.5 nats here (measured),
+a first-order effect in the direction of the gradient, far above float noise (~1e-6).
 """
 
 from __future__ import annotations
