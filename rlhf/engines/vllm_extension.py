@@ -9,12 +9,15 @@ Arguments cross vLLM's RPC serialization, so they are plain lists and strings.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 import torch
 
 from rlhf.sync.buckets import ParamSpec
 from rlhf.sync.group import SyncEndpoint, WeightSyncGroup
+
+LAYERWISE_RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
 
 
 def manifest_to_wire(manifest: list[ParamSpec]) -> list[list]:
@@ -29,6 +32,11 @@ class WeightSyncExtension:
     """Mixed into vLLM's Worker: `self.model_runner`, `self.device` come from it."""
 
     def rlhf_init_weight_sync(self, endpoint_wire: dict) -> None:
+        # vLLM's layer-wise reload warns "RotaryEmbedding: Failed to load weights" on every
+        # sync: the rotary cache is a buffer, not a parameter, so no checkpoint carries it, and
+        # vLLM keeps its own copy (correct; tests/test_engines.py checks outputs after syncs).
+        # One line per sync would drown the run's console.
+        logging.getLogger(LAYERWISE_RELOAD_LOGGER).setLevel(logging.ERROR)
         self.rlhf_close_weight_sync()
         endpoint = SyncEndpoint.from_wire(endpoint_wire)
         device = self.device if endpoint.backend == "nccl" else torch.device("cpu")
