@@ -232,3 +232,21 @@ def test_unknown_algorithm_is_named():
 
     with pytest.raises(ValueError, match="ppo2"):
         make_algorithm(Bad(), 4)
+
+
+def test_ppo_adaptive_kl_coefficient_reaches_the_next_batch():
+    cfg = PPOConfig(beta=0.1, kl_target=1.0, kl_horizon=10, whiten_advantages=False, lam=1.0)
+    algo = make_algorithm(cfg, max_new_tokens=4)
+    batch = batch_of([1.0, 0.0], [[7, 2], [9, 2]], ref=-0.7, sampler=-0.5)
+    batch["values"] = np.zeros_like(batch["completion_mask"])
+    record = algo.prepare(batch)
+    # k1 = 0.2 per token, 2 tokens: 0.4 nats per sequence, below the target of 1.0
+    assert record["kl/sequence"] == pytest.approx(0.4, abs=1e-6)
+    # sample 0: return 1 - 0.1 * 0.4 on its first token
+    assert batch["returns"][0, 2] == pytest.approx(1.0 - 0.1 * 0.4, abs=1e-6)
+    nxt = algo.after_iteration(record)["kl/coef_next"]
+    assert nxt == pytest.approx(0.1 * (1 - 0.2 * 2 / 10))  # error -0.6 clipped to -0.2, n = 2
+    batch = batch_of([1.0, 0.0], [[7, 2], [9, 2]], ref=-0.7, sampler=-0.5)
+    batch["values"] = np.zeros_like(batch["completion_mask"])
+    algo.prepare(batch)
+    assert batch["returns"][0, 2] == pytest.approx(1.0 - nxt * 0.4, abs=1e-6)
