@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from rlhf.algorithms import make_algorithm
+from rlhf.algorithms.base import STAGE_COLUMNS
 from rlhf.batch import collate_rollouts, plan_shards
 from rlhf.config import Config, dump_config
 from rlhf.dispatch import Pending, wait_all
@@ -69,9 +70,7 @@ class Trainer:
             "old_logprobs": lambda: OldLogprobStage(p.learner, t, cfg.learner.micro_batch_size),
             "values": lambda: ValueStage(p.critic, t, cfg.critic.micro_batch_size),
         }
-        return [
-            make[c]() for c in ("rewards", "ref_logprobs", "old_logprobs", "values") if c in columns
-        ]
+        return [make[c]() for c in STAGE_COLUMNS if c in columns]
 
     # ------------------------------------------------------------------ one iteration
     def iteration(self, it: int) -> dict[str, Any]:

@@ -38,12 +38,6 @@ def wait_all(pendings: list[Pending], timeout_s: float, what: str) -> list[list[
     return out
 
 
-def split_evenly(items: Sequence[Any], parts: int) -> list[list[Any]]:
-    """Contiguous, near-equal chunks of whole items (some empty when items < parts)."""
-    bounds = np.linspace(0, len(items), parts + 1).round().astype(int)
-    return [list(items[bounds[i] : bounds[i + 1]]) for i in range(parts)]
-
-
 class Pool:
     """The actors of one role (rollout, reward, reference, learner, critic), by name."""
 

@@ -51,11 +51,13 @@ class Algorithm(ABC):
 
     @property
     def epochs(self) -> int:
-        return getattr(self.cfg, "epochs", 1)
+        """Passes over each iteration's batch."""
+        return 1
 
     @property
     def mini_batches(self) -> int:
-        return getattr(self.cfg, "mini_batches", 1)
+        """Optimizer steps per pass."""
+        return 1
 
     @property
     def trains_critic(self) -> bool:

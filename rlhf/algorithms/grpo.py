@@ -14,9 +14,9 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from rlhf.algorithms.advantages import group_normalized_advantages
-from rlhf.algorithms.base import Algorithm
 from rlhf.algorithms.kl import kl_estimate
 from rlhf.algorithms.policy import (
+    PolicyGradient,
     PolicyGradientConfig,
     check_kl_placement,
     policy_loss_terms,
@@ -72,7 +72,7 @@ def flat_groups(rewards: np.ndarray, units: np.ndarray) -> np.ndarray:
     return flat
 
 
-class GRPO(Algorithm):
+class GRPO(PolicyGradient):
     name = "grpo"
     cfg: GRPOConfig
 

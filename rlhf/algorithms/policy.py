@@ -16,7 +16,7 @@ import torch
 from pydantic import Field
 
 from rlhf.algorithms.aggregation import aggregation_weights
-from rlhf.algorithms.base import ForwardOutput, Tensors
+from rlhf.algorithms.base import Algorithm, ForwardOutput, Tensors
 from rlhf.batch import TrainBatch
 from rlhf.configbase import Section
 
@@ -41,6 +41,24 @@ class PolicyGradientConfig(Section):
     def multi_step(self) -> bool:
         """Several optimizer steps per batch: old log-probs must be computed before the first."""
         return self.epochs * self.mini_batches > 1
+
+
+class PolicyGradient(Algorithm):
+    """The family's common answers: its update schedule and whether the entropy is trained."""
+
+    cfg: PolicyGradientConfig
+
+    @property
+    def epochs(self) -> int:
+        return self.cfg.epochs
+
+    @property
+    def mini_batches(self) -> int:
+        return self.cfg.mini_batches
+
+    @property
+    def entropy_grad(self) -> bool:
+        return self.cfg.entropy_coef > 0
 
 
 def policy_needs(cfg: PolicyGradientConfig, beta: float, kl_in_reward: bool) -> set[str]:

@@ -18,10 +18,11 @@ import torch
 from pydantic import Field
 
 from rlhf.algorithms.advantages import explained_variance, gae, token_rewards, whiten
-from rlhf.algorithms.base import Algorithm, ForwardOutput, Tensors
+from rlhf.algorithms.base import ForwardOutput, Tensors
 from rlhf.algorithms.kl import kl_estimate
 from rlhf.algorithms.kl_control import KLController
 from rlhf.algorithms.policy import (
+    PolicyGradient,
     PolicyGradientConfig,
     check_kl_placement,
     policy_loss_terms,
@@ -75,7 +76,7 @@ def clipped_value_loss(
     return 0.5 * torch.maximum(unclipped, clipped), (clipped > unclipped).float()
 
 
-class PPO(Algorithm):
+class PPO(PolicyGradient):
     name = "ppo"
     cfg: PPOConfig
 

@@ -21,8 +21,8 @@ from rlhf.algorithms.advantages import (
     token_rewards,
     whiten,
 )
-from rlhf.algorithms.base import Algorithm
 from rlhf.algorithms.policy import (
+    PolicyGradient,
     PolicyGradientConfig,
     policy_loss_terms,
     policy_needs,
@@ -53,7 +53,7 @@ class ReinforcePPConfig(PolicyGradientConfig):
             )
 
 
-class ReinforcePP(Algorithm):
+class ReinforcePP(PolicyGradient):
     name = "reinforce_pp"
     cfg: ReinforcePPConfig
 

@@ -15,9 +15,9 @@ import torch
 from pydantic import Field
 
 from rlhf.algorithms.advantages import rloo_advantages
-from rlhf.algorithms.base import Algorithm
 from rlhf.algorithms.kl import kl_estimate
 from rlhf.algorithms.policy import (
+    PolicyGradient,
     PolicyGradientConfig,
     check_kl_placement,
     policy_loss_terms,
@@ -56,7 +56,7 @@ def sequence_kl(batch: TrainBatch, estimator: str) -> np.ndarray:
     return kl.numpy() * batch["completion_mask"]
 
 
-class RLOO(Algorithm):
+class RLOO(PolicyGradient):
     name = "rloo"
     cfg: RLOOConfig
 

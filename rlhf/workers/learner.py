@@ -35,7 +35,7 @@ class LearnerWorker(DeepSpeedWorker):
         t = self.cfg.rollout.temperature
         logits = model_logits(model, mb["input_ids"], mb["attention_mask"])
         logprobs = token_logprobs(logits, mb["input_ids"], t)
-        if getattr(self.algorithm.cfg, "entropy_coef", 0.0) > 0:
+        if self.algorithm.entropy_grad:
             entropy = token_entropy(logits, t)
         else:
             with torch.no_grad():
