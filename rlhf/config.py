@@ -118,7 +118,7 @@ class LearnerConfig(Section):
     lr: float = Field(1e-4, gt=0)
     warmup_iterations: int = Field(10, ge=0, description="linear lr warm-up")
     lr_decay: Literal["constant", "linear", "cosine"] = Field(
-        "constant", description="after warm-up, to min_lr_ratio * lr at the last iteration"
+        "cosine", description="after warm-up, to min_lr_ratio * lr at the last iteration"
     )
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
     weight_decay: float = Field(0.0, ge=0)
@@ -151,7 +151,7 @@ class SyncConfig(Section):
 
 
 class RunConfig(Section):
-    iterations: int = Field(200, gt=0)
+    iterations: int = Field(300, gt=0)
     seed: int = 0
     output_dir: str = "runs"
     name: str | None = Field(None, description="run folder name; default: a timestamp")

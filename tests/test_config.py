@@ -44,12 +44,12 @@ def test_yaml_then_overrides(tmp_path):
         ("algorithm.lam=0.9", r"algorithm\.lam: unknown field; allowed here: .*scale_rewards"),
         ("algorithm.name=dpo", r"algorithm: .*'dpo'.*'grpo', 'ppo', 'rloo', 'reinforce_pp'"),
         ("learner.micro_batch_size=4", r"learner\.micro_batch_size \(4\) must be >= rollout"),
-        ("algorithm.kl_estimator=k1", r"algorithm\.kl_estimator: k1 as a loss term"),
+        ("algorithm.beta=0.1 algorithm.kl_estimator=k1", r"algorithm\.kl_estimator: k1 as a loss"),
     ],
 )
 def test_bad_values_name_the_field(override, expected):
     with pytest.raises(ConfigError, match=expected):
-        load_config(None, [override])
+        load_config(None, override.split())
 
 
 def test_missing_and_malformed_files(tmp_path):
@@ -78,8 +78,8 @@ def test_algorithm_blocks_are_chosen_by_name():
     with pytest.raises(ConfigError, match=r"topology\.critic\.workers must be >= 1 for ppo"):
         load_config(None, ["algorithm.name=ppo", "topology.critic.workers=0"])
     with pytest.raises(ConfigError, match=r"topology\.reference\.workers must be >= 1: grpo"):
-        load_config(None, ["topology.reference.workers=0"])
-    assert load_config(None, ["topology.reference.workers=0", "algorithm.beta=0"])
+        load_config(None, ["topology.reference.workers=0", "algorithm.beta=0.04"])
+    assert load_config(None, ["topology.reference.workers=0"])  # the default beta is 0
 
 
 def test_shipped_configs_load():

@@ -123,6 +123,12 @@ def _check_samples(engine, model_path: str) -> None:
         PROMPTS, n=n, max_new_tokens=NEW_TOKENS, temperature=temperature, seed=11
     )
     assert again.completion_ids == completions  # a seed makes sampling reproducible
+    # The same prompt twice in one call: independent draws, not the same ones (a seed shared
+    # by every request would make sample j of both prompts identical).
+    twice = engine.generate(
+        [PROMPTS[0], PROMPTS[0]], n=n, max_new_tokens=NEW_TOKENS, temperature=1.0, seed=11
+    )
+    assert twice.completion_ids[:n] != twice.completion_ids[n:]
     assert len({tuple(c) for c in completions[:n]}) > 1  # the n samples of a prompt differ
 
     # The log-probs are log_softmax(logits / T) of a plain forward pass, prompt-major.

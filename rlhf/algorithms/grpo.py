@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 class GRPOConfig(PolicyGradientConfig):
     name: Literal["grpo"] = "grpo"
-    beta: float = Field(0.01, ge=0, description="KL loss coefficient; 0 skips the reference pool")
+    beta: float = Field(0.0, ge=0, description="KL loss coefficient; 0 skips the reference pool")
     kl_estimator: Literal["k1", "k2", "k3"] = Field(
         "k3", description="k2/k3 as a loss term (k1 has zero expected gradient on-policy)"
     )

@@ -11,6 +11,7 @@ import logging
 import os
 import time
 
+import numpy as np
 import torch
 
 from rlhf.engines.base import Generation, finish_reason
@@ -39,6 +40,15 @@ def cpu_environment(threads: int) -> dict[str, str]:
         "OMP_NUM_THREADS": str(threads),
         "OMP_WAIT_POLICY": "PASSIVE",
     }
+
+
+def request_seeds(seed: int | None, requests: int) -> list[int | None]:
+    """One seed per request, drawn from `seed`. vLLM seeds sample j of a request with its
+    seed + j: a seed shared by every request of a call would give sample j of every prompt
+    the same random draws (correlated samples across prompts)."""
+    if seed is None:
+        return [None] * requests
+    return [int(x) for x in np.random.default_rng(seed).integers(0, 2**31 - 1, size=requests)]
 
 
 def _is_cpu_platform() -> bool:
@@ -115,16 +125,19 @@ class VLLMEngine:
         from vllm.inputs import TokensPrompt
 
         greedy = temperature == 0
-        params = SamplingParams(
-            n=n,
-            max_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=1.0 if greedy else top_p,
-            top_k=0 if greedy else top_k,
-            seed=seed,
-            logprobs=0,  # the sampled token's log-prob only
-            detokenize=False,  # callers decode what they need
-        )
+        params = [
+            SamplingParams(
+                n=n,
+                max_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=1.0 if greedy else top_p,
+                top_k=0 if greedy else top_k,
+                seed=request_seed,
+                logprobs=0,  # the sampled token's log-prob only
+                detokenize=False,  # callers decode what they need
+            )
+            for request_seed in request_seeds(seed, len(prompt_ids))
+        ]
         prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         result = Generation()
