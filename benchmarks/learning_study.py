@@ -51,11 +51,20 @@ COLUMNS = (
 )
 
 
-def run_one(name: str, overrides: list[str], seed: int, out_dir: Path) -> dict:
-    run = out_dir / f"{name}-s{seed}"
-    summary_file = run / "summary.json"
+def run_one(name: str, overrides: list[str], seed: int, out_dir: Path, run: bool = True) -> dict:
+    """The summary of (variant, seed): read back if that run finished, else run it (or,
+    with run=False, an empty record)."""
+    summary_file = out_dir / f"{name}-s{seed}" / "summary.json"
     if summary_file.is_file():
         return json.loads(summary_file.read_text())
+    if not run:
+        return {}
+    return _train(name, overrides, seed, out_dir)
+
+
+def _train(name: str, overrides: list[str], seed: int, out_dir: Path) -> dict:
+    run = out_dir / f"{name}-s{seed}"
+    summary_file = run / "summary.json"
     cmd = [
         sys.executable,
         "-m",
@@ -109,7 +118,10 @@ def main() -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--set", action="append", default=[], help="override for every run")
     p.add_argument("--runs-dir", default="runs/learning_study")
-    p.add_argument("--out", help="write the table (markdown) here")
+    p.add_argument("--out", help="write the table (markdown) here, after every run")
+    p.add_argument(
+        "--report-only", action="store_true", help="only tabulate the runs already finished"
+    )
     args = p.parse_args()
     variants = args.variants.split(",")
     unknown = [v for v in variants if v not in VARIANTS]
@@ -117,26 +129,34 @@ def main() -> int:
         p.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     out_dir = Path(args.runs_dir)
-    results = {}
+    results: dict[tuple[str, int], dict] = {}
     for v in variants:
         for s in seeds:
-            results[(v, s)] = run_one(v, VARIANTS[v] + args.set, s, out_dir)
-            print(table(results, variants, seeds), flush=True)
+            results[(v, s)] = run_one(v, VARIANTS[v] + args.set, s, out_dir, not args.report_only)
+            if not args.report_only:
+                print(table(results, variants, seeds), flush=True)
+                if args.out:  # after every run, so an interrupted study leaves its results
+                    write_report(args.out, args.set, variants, table(results, variants, seeds))
     text = table(results, variants, seeds)
     if args.out:
-        cmd = shlex.join(["benchmarks/learning_study.py", *sys.argv[1:]])
-        header = (
-            f"Machine: {platform.processor() or platform.machine()}, "
-            f"{time.strftime('%Y-%m-%d')}. Command: `.venv/bin/python {cmd}`\n"
-            "Variants: "
-            + "; ".join(
-                f"`{v}` = `{' '.join(VARIANTS[v] + args.set) or '(defaults)'}`" for v in variants
-            )
-            + "\n\n"
-        )
-        Path(args.out).write_text(header + text + "\n")
+        write_report(args.out, args.set, variants, text)
     print(text)
     return 0
+
+
+def write_report(path: str, overrides: list[str], variants: list[str], text: str) -> None:
+    argv = [a for a in sys.argv[1:] if a != "--report-only"]
+    cmd = shlex.join(["benchmarks/learning_study.py", *argv])
+    header = (
+        f"Machine: {platform.processor() or platform.machine()}, "
+        f"{time.strftime('%Y-%m-%d')}. Command: `.venv/bin/python {cmd}`\n"
+        "Variants: "
+        + "; ".join(
+            f"`{v}` = `{' '.join(VARIANTS[v] + overrides) or '(defaults)'}`" for v in variants
+        )
+        + "\n\n"
+    )
+    Path(path).write_text(header + text + "\n")
 
 
 if __name__ == "__main__":
