@@ -22,9 +22,9 @@ import numpy as np
 
 from rlhf.algorithms import make_algorithm
 from rlhf.algorithms.base import STAGE_COLUMNS
-from rlhf.batch import collate_rollouts, plan_shards
+from rlhf.batch import TrainBatch, collate_rollouts, plan_shards
 from rlhf.config import Config, dump_config
-from rlhf.dispatch import Pending, wait_all
+from rlhf.dispatch import Pending, Pool, wait_all
 from rlhf.metrics import MetricsLog, combine, console_line, mean_over
 from rlhf.pools import Pools
 from rlhf.stages import (
@@ -123,7 +123,7 @@ class Trainer:
         record["time/iteration"] = time.perf_counter() - started
         return record
 
-    def _train(self, pool, batch, micro_batch_size: int) -> Pending:
+    def _train(self, pool: Pool, batch: TrainBatch, micro_batch_size: int) -> Pending:
         """Submit one train step to every rank of a DeepSpeed pool, on its planned shard."""
         algo = self.algorithm
         shards = plan_shards(batch, len(pool), algo.mini_batches, micro_batch_size, algo.epochs)
