@@ -59,6 +59,12 @@ SAMPLER_LOGPROBS = declare(
     "sampler_logprobs", "token", np.float32, "log-probs under the sampling distribution"
 )
 TRUNCATED = declare("truncated", "sequence", np.float32, "1 if the completion hit max tokens")
+FROM_MIXTURE = declare(
+    "from_mixture",
+    "sequence",
+    np.float32,
+    "1 if sampled from the policy/reference mixture: its sampler log-probs are the mixture's",
+)
 REWARDS = declare("rewards", "sequence", np.float32, "scalar reward; NaN = no valid reward")
 REF_LOGPROBS = declare("ref_logprobs", "token", np.float32, "frozen reference's log-probs")
 OLD_LOGPROBS = declare("old_logprobs", "token", np.float32, "learner's log-probs before update")
@@ -334,6 +340,7 @@ def collate_rollouts(rollouts: list[Rollout], pad_id: int, first_unit: int = 0) 
     sampler: list[list[float]] = []
     truncated: list[float] = []
     units: list[int] = []
+    mixture: list[float] = []
     offset = first_unit
     for r in rollouts:
         for i, (p, c) in enumerate(zip(r.prompt_ids, r.completion_ids, strict=True)):
@@ -342,6 +349,7 @@ def collate_rollouts(rollouts: list[Rollout], pad_id: int, first_unit: int = 0) 
             sampler.append(r.sampler_logprobs[i])
             truncated.append(float(r.finish_reasons[i] == "length"))
             units.append(offset + r.prompt_index[i])
+            mixture.append(float(r.from_mixture[i]) if r.from_mixture else 0.0)
         offset += max(r.prompt_index, default=-1) + 1
     b, t = len(rows), max(len(x) for x in rows)
     input_ids = np.full((b, t), pad_id, dtype=np.int64)
@@ -353,14 +361,17 @@ def collate_rollouts(rollouts: list[Rollout], pad_id: int, first_unit: int = 0) 
         attention_mask[i, : len(row)] = 1
         completion_mask[i, start:end] = 1.0
         sampler_lp[i, start:end] = sampler[i][: end - start]
+    columns = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "completion_mask": completion_mask,
+        "sampler_logprobs": sampler_lp,
+        "truncated": np.asarray(truncated, dtype=np.float32),
+    }
+    if any(r.from_mixture for r in rollouts):
+        columns["from_mixture"] = np.asarray(mixture, dtype=np.float32)
     return TrainBatch(
-        {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "completion_mask": completion_mask,
-            "sampler_logprobs": sampler_lp,
-            "truncated": np.asarray(truncated, dtype=np.float32),
-        },
+        columns,
         np.asarray(units, dtype=np.int64),
         policy_version=min(r.policy_version for r in rollouts),
     )

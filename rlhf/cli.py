@@ -12,15 +12,25 @@ from rlhf.config import ConfigError, dump_config, load_config
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlhf", description="Distributed online RLHF on Ray.")
     sub = p.add_subparsers(dest="command", required=True)
+    commands = {}
     for name, help_text in (
         ("train", "run training (no arguments: the built-in default on a local Ray cluster)"),
         ("config", "print the resolved config as YAML"),
+        ("eval", "win rate of a policy against a baseline under reward.judge, held-out prompts"),
     ):
         s = sub.add_parser(name, help=help_text)
         s.add_argument("--config", "-c", help="YAML config file")
         s.add_argument(
             "overrides", nargs="*", help="dotted overrides, e.g. rollout.samples_per_prompt=8"
         )
+        commands[name] = s
+    ev = commands["eval"]
+    ev.add_argument("--policy", required=True, help="Hugging Face folder of the policy")
+    ev.add_argument(
+        "--baseline", help="Hugging Face folder to compare with (default: the initial policy)"
+    )
+    ev.add_argument("--greedy", action="store_true", help="greedy answers (default: sampled)")
+    ev.add_argument("--out", help="also write the result as JSON to this file")
     return p
 
 
@@ -34,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "config":
         print(dump_config(cfg), end="")
         return 0
+    if args.command == "eval":
+        return _eval(cfg, args)
     from rlhf.train import format_summary, train
 
     summary = train(cfg)
@@ -42,6 +54,33 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps({k: v for k, v in summary.items() if isinstance(v, int | float)}),
         file=sys.stderr,
     )
+    return 0
+
+
+def _eval(cfg, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rlhf.data.tasks import make_task
+    from rlhf.models.default_model import prepare_model
+    from rlhf.winrate import evaluate_win_rate
+
+    for flag in ("policy", "baseline"):
+        path = getattr(args, flag)
+        if path is not None and not Path(path).is_dir():
+            print(f"rlhf eval: --{flag} {path!r} is not a folder", file=sys.stderr)
+            return 2
+    baseline = args.baseline or prepare_model(cfg)
+    prompts = make_task(cfg.task).eval_prompts[: cfg.run.eval_prompts]
+    result, metrics = evaluate_win_rate(cfg, args.policy, baseline, prompts, greedy=args.greedy)
+    report = {"policy": args.policy, "baseline": baseline, **result.as_dict(), **metrics}
+    print(
+        f"[rlhf] win rate {result.win_rate:.3f} (95% CI {result.ci_low:.3f} to "
+        f"{result.ci_high:.3f}) over {result.judged} held-out prompts: {result.wins} wins, "
+        f"{result.ties} ties, {result.losses} losses, {result.no_answer} undecided"
+    )
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2))
+    print(json.dumps(report), file=sys.stderr)
     return 0
 
 

@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, model_validator
 from rlhf.algorithms import ALGORITHMS, AlgorithmConfig
 from rlhf.algorithms.grpo import GRPOConfig
 from rlhf.configbase import ConfigError, Section
+from rlhf.rewards.judges import JudgeConfig
 
 __all__ = ["Config", "ConfigError", "Section", "load_config", "build_config", "dump_config"]
 
@@ -111,6 +112,9 @@ class RewardConfig(Section):
     on_error: Literal["drop", "zero", "raise"] = Field(
         "drop",
         description="a function that raises or returns NaN: drop the sample, score 0, or stop",
+    )
+    judge: JudgeConfig = Field(
+        JudgeConfig(), description="pairwise judge of the preference algorithms and `rlhf eval`"
     )
 
 

@@ -29,6 +29,7 @@ from rlhf.metrics import MetricsLog, combine, console_line, mean_over
 from rlhf.pools import Pools
 from rlhf.stages import (
     OldLogprobStage,
+    PreferenceStage,
     ReferenceStage,
     RewardStage,
     Sampled,
@@ -66,6 +67,7 @@ class Trainer:
         p, t, cfg = self.pools, self.timeout, self.cfg
         make = {
             "rewards": lambda: RewardStage(p.reward, t),
+            "preferences": lambda: PreferenceStage(p.reward, t, cfg.reward.judge),
             "ref_logprobs": lambda: ReferenceStage(p.reference, t),
             "old_logprobs": lambda: OldLogprobStage(p.learner, t, cfg.learner.micro_batch_size),
             "values": lambda: ValueStage(p.critic, t, cfg.critic.micro_batch_size),
@@ -96,7 +98,8 @@ class Trainer:
                 f"rollouts from {stale} are stale (learner is at {self.policy_version})"
             )
 
-        batch = sampled.batch
+        batch, arranged = algo.arrange(sampled.batch, sampled.comparisons)
+        record.update(arranged)
         record.update(algo.prepare(batch))
         t0 = time.perf_counter()
         # A batch with no loss weight at all (every sample dropped) trains nothing: an
@@ -227,7 +230,8 @@ class Trainer:
                 record["eval/greedy_reward"] = self.evaluate()
             self.metrics.write(record)
             bar.set_postfix(
-                reward=f"{record['reward/mean']:.3f}", sec=f"{record['time/iteration']:.1f}"
+                reward=f"{record.get('reward/mean', float('nan')):.3f}",
+                sec=f"{record['time/iteration']:.1f}",
             )
             (bar.write if progress else print)(console_line(record))
         summary["eval/greedy_reward_after"] = self.evaluate()

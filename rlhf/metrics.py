@@ -21,6 +21,8 @@ REDUCTIONS: tuple[tuple[str, Reduction], ...] = (
     ("*/lr", "mean"),
     ("*/seconds", "max"),
     ("reward/*/mean", "mean"),
+    ("judge/prob_mean", "mean"),
+    ("judge/order_disagreement", "mean"),
     ("*", "sum"),
 )
 

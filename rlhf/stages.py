@@ -6,6 +6,7 @@
 | ref_logprobs  | reference | the frozen reference model's per-token log-probs       |
 | old_logprobs  | learner   | the policy's log-probs before this iteration's update  |
 | values        | critic    | the critic's values before this iteration's update     |
+| preferences   | reward    | a judge's P(a > b) for pairs of samples of each prompt  |
 
 An algorithm names the columns it needs (`Algorithm.needs`); the controller submits those
 stages together (they are independent) and collects them, so the pools work at once. Each
@@ -25,6 +26,8 @@ import numpy as np
 from rlhf.batch import TrainBatch, plan_shards, scatter_rows
 from rlhf.dispatch import Pending, Pool
 from rlhf.metrics import combine
+from rlhf.preferences import Comparisons, comparisons_from_rewards, unit_pairs
+from rlhf.rewards.judges import JudgeConfig
 from rlhf.types import Prompt, Rollout
 
 MODEL_INPUTS = ["input_ids", "attention_mask"]
@@ -39,6 +42,9 @@ class Sampled:
     batch: TrainBatch
     texts: list[str]  # decoded completion of every row
     prompt_of_row: np.ndarray  # [B] index into `prompts`
+    # judge answers for pairs of rows (the preferences stage); rows renumber on select/concat,
+    # so those drop them (they run before any judging)
+    comparisons: Comparisons | None = None
 
     @staticmethod
     def concat(parts: list[Sampled]) -> Sampled:
@@ -125,6 +131,52 @@ class RewardStage(Stage):
         return metrics
 
 
+class PreferenceStage(Stage):
+    """Judge answers for every pair of samples of each prompt, into `Sampled.comparisons`.
+
+    With the reward judge every sample is scored once (the rewards column is filled too)
+    and pairs are compared here, P = sigmoid((r_a - r_b) / tau); any other judge is asked
+    about each pair on the reward pool, split by prompts."""
+
+    column = "preferences"
+    time_key = "time/judge"
+
+    def __init__(self, pool: Pool, timeout_s: float, judge: JudgeConfig) -> None:
+        super().__init__(pool, timeout_s)
+        self.judge = judge
+        self._rewards: RewardStage | None = None
+
+    def _submit(self, s: Sampled) -> Pending:
+        if self.judge.kind == "reward":
+            self._rewards = RewardStage(self.pool, self.timeout_s)
+            return self._rewards._submit(s)
+        keys = list(s.prompts[0].columns) if s.prompts else []
+
+        def args(rows: np.ndarray) -> tuple:
+            a, b = unit_pairs(s.batch.units, rows)
+            prompts = [s.prompts[s.prompt_of_row[i]] for i in a]
+            columns = {k: [p.columns[k] for p in prompts] for k in keys}
+            texts = s.texts
+            return [p.text for p in prompts], [texts[i] for i in a], [texts[i] for i in b], columns
+
+        return self.pool.split("judge", s.batch.units, args, what="judge")
+
+    def _collect(self, results, pending, s) -> dict[str, float]:
+        if self._rewards is not None:
+            metrics = self._rewards._collect(results, pending, s)
+            s.comparisons = comparisons_from_rewards(
+                s.batch["rewards"], s.batch.units, self.judge.tau
+            )
+            return metrics
+        parts = [unit_pairs(s.batch.units, rows) for rows in pending.parts]
+        s.comparisons = Comparisons(
+            np.concatenate([a for a, _ in parts]) if parts else [],
+            np.concatenate([b for _, b in parts]) if parts else [],
+            np.concatenate([probs for probs, _ in results]) if results else [],
+        )
+        return combine(m for _, m in results)
+
+
 class ReferenceStage(Stage):
     column = "ref_logprobs"
     time_key = "time/reference"
@@ -178,6 +230,8 @@ class OldLogprobStage(ForwardStage):
     def _metrics(self, batch: TrainBatch) -> dict[str, float]:
         # The engines hold the learner's weights only if these agree (the sync landed).
         mask = batch["completion_mask"]
+        if "from_mixture" in batch:  # mixture samples' log-probs are the mixture's
+            mask = mask * (1.0 - batch["from_mixture"])[:, None]
         diff = np.abs(batch["sampler_logprobs"] - batch["old_logprobs"]) * mask
         return {"sync/logprob_abs_diff": float(diff.sum() / max(mask.sum(), 1.0))}
 

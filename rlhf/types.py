@@ -29,6 +29,8 @@ class Rollout:
     policy_version: int  # the weights version that produced every sample of this rollout
     completion_texts: list[str] = field(default_factory=list)  # decoded, for reward functions
     worker: str = ""
+    # per sample: drawn from the policy/reference mixture (IPO-MD, Nash-MD); empty: none were
+    from_mixture: list[bool] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.completion_ids)

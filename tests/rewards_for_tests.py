@@ -6,3 +6,26 @@ from __future__ import annotations
 def distinct_tokens(prompts: list[str], completions: list[str], **_: object) -> list[float]:
     """The number of distinct characters in the completion, over 4: varied for any policy."""
     return [len(set(c)) / 4.0 for c in completions]
+
+
+def exact_answer_judge(
+    prompts: list[str], completions_a: list[str], completions_b: list[str], answer, **_: object
+) -> list[float]:
+    """A pairwise judge: 1 if only a is the right answer, 0 if only b is, else 1/2."""
+    out = []
+    for a, b, right in zip(completions_a, completions_b, answer, strict=True):
+        ra, rb = a.strip() == str(right), b.strip() == str(right)
+        out.append(0.5 if ra == rb else 1.0 if ra else 0.0)
+    return out
+
+
+def first_position_judge(
+    prompts: list[str], completions_a: list[str], completions_b: list[str], **_: object
+) -> list[float]:
+    """A judge with pure position bias: always 0.8 for whichever answer is shown first."""
+    return [0.8] * len(prompts)
+
+
+def broken_judge(prompts: list[str], completions_a: list[str], completions_b: list[str], **_):
+    """Out-of-range, NaN and non-numeric answers, cycling."""
+    return [[1.5, float("nan"), "x", 0.25][i % 4] for i in range(len(prompts))]

@@ -13,13 +13,33 @@ from pydantic import Field
 from rlhf.algorithms.base import Algorithm, ForwardOutput
 from rlhf.algorithms.grpo import GRPO, GRPOConfig
 from rlhf.algorithms.ppo import PPO, PPOConfig
+from rlhf.algorithms.preference import (
+    IPO,
+    IPOMD,
+    IPOConfig,
+    IPOMDConfig,
+    NashMD,
+    NashMDConfig,
+    OnlineDPO,
+    OnlineDPOConfig,
+)
 from rlhf.algorithms.reinforce_pp import ReinforcePP, ReinforcePPConfig
 from rlhf.algorithms.rloo import RLOO, RLOOConfig
 
-ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (GRPO, PPO, RLOO, ReinforcePP)}
+ALGORITHMS: dict[str, type[Algorithm]] = {
+    cls.name: cls for cls in (GRPO, PPO, RLOO, ReinforcePP, OnlineDPO, IPO, IPOMD, NashMD)
+}
 
 AlgorithmConfig = Annotated[
-    GRPOConfig | PPOConfig | RLOOConfig | ReinforcePPConfig, Field(discriminator="name")
+    GRPOConfig
+    | PPOConfig
+    | RLOOConfig
+    | ReinforcePPConfig
+    | OnlineDPOConfig
+    | IPOConfig
+    | IPOMDConfig
+    | NashMDConfig,
+    Field(discriminator="name"),
 ]
 
 

@@ -20,11 +20,12 @@ import numpy as np
 import torch
 
 from rlhf.batch import TrainBatch
+from rlhf.preferences import Comparisons
 
 Tensors = dict[str, torch.Tensor]
 
 # Columns the controller's stages can produce (rlhf.stages).
-STAGE_COLUMNS = ("rewards", "ref_logprobs", "old_logprobs", "values")
+STAGE_COLUMNS = ("rewards", "preferences", "ref_logprobs", "old_logprobs", "values")
 
 
 @dataclass
@@ -34,6 +35,15 @@ class ForwardOutput:
     logprobs: torch.Tensor | None = None  # log p(token t | tokens < t), with grad
     entropy: torch.Tensor | None = None  # of the next-token distribution at t (grad if asked)
     values: torch.Tensor | None = None  # a critic's V(state before token t), with grad
+
+
+@dataclass(frozen=True)
+class SamplingMixture:
+    """Sample from pi_mix proportional to pi_theta^(1-coef) * pi_ref^coef, token by token:
+    the last `samples` of each prompt's samples (IPO-MD, Nash-MD)."""
+
+    coef: float
+    samples: int
 
 
 class Algorithm(ABC):
@@ -60,6 +70,11 @@ class Algorithm(ABC):
         return 1
 
     @property
+    def sampling_mixture(self) -> SamplingMixture | None:
+        """Whether some samples come from the policy/reference geometric mixture."""
+        return None
+
+    @property
     def trains_critic(self) -> bool:
         return "values" in self.needs
 
@@ -73,6 +88,13 @@ class Algorithm(ABC):
         return False
 
     # ------------------------------------------------------------------ controller half
+    def arrange(
+        self, batch: TrainBatch, comparisons: Comparisons | None
+    ) -> tuple[TrainBatch, dict[str, float]]:
+        """The rows to train on, from the sampled batch (and a judge's answers, when the
+        algorithm needs preferences): the preference algorithms build pairs here."""
+        return batch, {}
+
     @abstractmethod
     def prepare(self, batch: TrainBatch) -> dict[str, float]:
         """Fill `advantages`, `loss_weights` (and e.g. `returns`) into the batch; metrics."""

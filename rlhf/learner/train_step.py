@@ -60,8 +60,12 @@ def pad_columns(t: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def sampler_gap(logprobs: torch.Tensor, mb: Tensors) -> dict[str, float]:
-    """Sum over completion tokens of |sampler - learner| log-probs, and the token count."""
+    """Sum over completion tokens of |sampler - learner| log-probs, and the token count.
+    Rows sampled from a policy/reference mixture are left out: their sampler log-probs are
+    the mixture's, not the policy's."""
     mask = mb["completion_mask"]
+    if "from_mixture" in mb:
+        mask = mask * (1.0 - mb["from_mixture"])[:, None]
     diff = (mb["sampler_logprobs"] - logprobs.detach()).abs() * mask
     return {
         "sync/logprob_abs_diff_sum": float(diff.sum().item()),

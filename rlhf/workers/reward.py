@@ -1,10 +1,13 @@
-"""RewardWorker: runs the configured reward functions over decoded completions."""
+"""RewardWorker: runs the configured reward functions over decoded completions, and the
+configured pairwise judge over pairs of them."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from rlhf.config import Config
+from rlhf.preferences import preference_from_rewards
+from rlhf.rewards.judges import call_judge, in_both_orders, resolve_judge_function, summarize
 from rlhf.rewards.scoring import NamedReward, resolve_reward_function, score_batch
 from rlhf.workers.common import setup_worker_process
 
@@ -18,6 +21,12 @@ class RewardWorker:
             NamedReward(f.name, resolve_reward_function(f.name), f.weight)
             for f in cfg.reward.functions
         ]
+        self.judge_cfg = cfg.reward.judge
+        self.judge_fn = (
+            resolve_judge_function(self.judge_cfg.function)
+            if self.judge_cfg.kind == "function" and self.judge_cfg.function
+            else None
+        )
 
     def ready(self) -> str:
         return self.name
@@ -35,3 +44,31 @@ class RewardWorker:
         if functions is not None:
             rewards = [NamedReward(f, resolve_reward_function(f), 1.0) for f in functions]
         return score_batch(rewards, prompts, completions, columns, self.on_error)
+
+    def judge(
+        self,
+        prompts: list[str],
+        completions_a: list[str],
+        completions_b: list[str],
+        columns: dict[str, list[object]],
+    ) -> tuple[np.ndarray, dict[str, float]]:
+        """P(a > b) for each pair (NaN: no valid answer) under the configured judge."""
+        cfg = self.judge_cfg
+        if cfg.kind == "reward":
+            r_a, m_a = self.score(prompts, completions_a, columns)
+            r_b, m_b = self.score(prompts, completions_b, columns)
+            probs = preference_from_rewards(r_a, r_b, cfg.tau)
+            metrics = {"reward/dropped": m_a["reward/dropped"] + m_b["reward/dropped"]}
+        else:
+            if cfg.kind != "function" or self.judge_fn is None:
+                raise ValueError(f"reward.judge.kind {cfg.kind!r} is not available on this worker")
+            fn, name = self.judge_fn, str(cfg.function)
+
+            def ask(a: list[str], b: list[str]) -> tuple[np.ndarray, dict[str, float]]:
+                return call_judge(name, fn, prompts, a, b, columns, self.on_error)
+
+            if cfg.both_orders:
+                probs, metrics = in_both_orders(ask, completions_a, completions_b)
+            else:
+                probs, metrics = ask(completions_a, completions_b)
+        return probs, {**metrics, **summarize(probs)}

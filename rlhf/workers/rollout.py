@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rlhf.config import Config
+from rlhf.engines.base import Generation
 from rlhf.sync.buckets import ParamSpec
 from rlhf.sync.group import SyncEndpoint
 from rlhf.types import Rollout
@@ -13,6 +14,7 @@ class RolloutWorker:
     def __init__(self, cfg: Config, index: int, model_path: str) -> None:
         from transformers import AutoTokenizer
 
+        from rlhf.algorithms import make_algorithm
         from rlhf.engines import make_engine
 
         setup_worker_process(cfg.topology.rollout.num_cpus, cfg.run.seed + 7919 * (index + 1))
@@ -20,7 +22,14 @@ class RolloutWorker:
         self.name = f"rollout-{index}"
         self.index = index
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.engine = make_engine(cfg.rollout, model_path, seed=cfg.run.seed + index)
+        # The reference of the mixture is the initial policy, as for the reference pool.
+        self.mixture = make_algorithm(cfg.algorithm, cfg.rollout.max_new_tokens).sampling_mixture
+        self.engine = make_engine(
+            cfg.rollout,
+            model_path,
+            seed=cfg.run.seed + index,
+            mixture_reference=model_path if self.mixture is not None else None,
+        )
         self.policy_version = 0
 
     def ready(self) -> str:
@@ -29,16 +38,34 @@ class RolloutWorker:
     def generate(
         self, prompt_ids: list[list[int]], n: int, seed: int | None, greedy: bool = False
     ) -> Rollout:
+        """n samples per prompt, prompt-major. With a sampling mixture (IPO-MD, Nash-MD) the
+        last `m` samples of each prompt come from the policy/reference mixture and the first
+        n - m from the policy; greedy evaluation always uses the policy alone."""
         r = self.cfg.rollout
-        out = self.engine.generate(
-            prompt_ids,
-            n=n,
+        settings = dict(
             max_new_tokens=r.max_new_tokens,
             temperature=0.0 if greedy else r.temperature,
             top_p=r.top_p,
             top_k=r.top_k,
-            seed=seed,
         )
+        m = 0 if greedy or self.mixture is None else min(self.mixture.samples, n)
+        from_mixture: list[bool] = []
+        if m == 0:
+            out = self.engine.generate(prompt_ids, n=n, seed=seed, **settings)
+        else:
+            assert self.mixture is not None
+            mixed = self.engine.generate(
+                prompt_ids, n=m, seed=seed, mixture_coef=self.mixture.coef, **settings
+            )
+            plain = (
+                self.engine.generate(
+                    prompt_ids, n=n - m, seed=None if seed is None else seed + 1, **settings
+                )
+                if n > m
+                else Generation()
+            )
+            out = interleave(plain, mixed, n - m, m)
+            from_mixture = ([False] * (n - m) + [True] * m) * len(prompt_ids)
         return Rollout(
             prompt_ids=[p for p in prompt_ids for _ in range(n)],
             completion_ids=out.completion_ids,
@@ -50,6 +77,7 @@ class RolloutWorker:
                 out.completion_ids, skip_special_tokens=True
             ),
             worker=self.name,
+            from_mixture=from_mixture,
         )
 
     def init_weight_sync(self, endpoint: SyncEndpoint) -> None:
@@ -63,3 +91,14 @@ class RolloutWorker:
     def shutdown(self) -> None:
         self.engine.close_weight_sync()
         self.engine.shutdown()
+
+
+def interleave(first: Generation, second: Generation, n_first: int, n_second: int) -> Generation:
+    """Per prompt: its n_first samples of `first`, then its n_second of `second`."""
+    out = Generation()
+    prompts = len(second.completion_ids) // n_second if n_second else 0
+    for p in range(prompts):
+        for gen, k in ((first, n_first), (second, n_second)):
+            for j in range(p * k, (p + 1) * k):
+                out.add(gen.completion_ids[j], gen.logprobs[j], gen.finish_reasons[j])
+    return out
