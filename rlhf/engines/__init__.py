@@ -6,8 +6,15 @@ from rlhf.config import RolloutConfig
 from rlhf.engines.base import GenerationEngine
 
 
-def make_engine(rollout_cfg: RolloutConfig, model_path: str, seed: int) -> GenerationEngine:
-    """The engine `rollout_cfg.engine` names; heavy imports happen only for the one chosen."""
+def make_engine(
+    rollout_cfg: RolloutConfig,
+    model_path: str,
+    seed: int,
+    mixture_reference: str | None = None,
+) -> GenerationEngine:
+    """The engine `rollout_cfg.engine` names; heavy imports happen only for the one chosen.
+    `mixture_reference`: a reference model folder, for engines that sample the geometric
+    mixture of the policy and the reference (vLLM only)."""
     if rollout_cfg.engine == "vllm":
         from rlhf.engines.vllm_engine import VLLMEngine
 
@@ -18,7 +25,10 @@ def make_engine(rollout_cfg: RolloutConfig, model_path: str, seed: int) -> Gener
             kv_cache_bytes=rollout_cfg.kv_cache_bytes,
             enforce_eager=rollout_cfg.enforce_eager,
             gpu_memory_utilization=rollout_cfg.gpu_memory_utilization,
+            mixture_reference=mixture_reference,
         )
+    if mixture_reference is not None:
+        raise ValueError("a mixture reference needs rollout.engine 'vllm'")
     if rollout_cfg.engine == "hf":
         from rlhf.engines.hf_engine import HFEngine
 
