@@ -30,7 +30,7 @@ def make_engine(
             kv_cache_bytes=rollout_cfg.kv_cache_bytes,
             enforce_eager=rollout_cfg.enforce_eager,
             gpu_memory_utilization=rollout_cfg.gpu_memory_utilization,
-            **({"mixture_reference": mixture_reference} if mixture_reference else {}),
+            mixture_reference=mixture_reference,
         )
     if rollout_cfg.engine == "hf":
         from rlhf.engines.hf_engine import HFEngine

@@ -35,12 +35,16 @@ class GenerationEngine(Protocol):
         top_p: float = 1.0,
         top_k: int = 0,
         seed: int | None = None,
+        mixture_coef: float = 0.0,
     ) -> Generation:
         """Prompt-major: n samples per prompt, in order. Returns completion token ids (EOS
         included when generated), the sampled tokens' log-probs under the sampling
         distribution (after temperature, top-k and top-p, so with top_p=1 and top_k=0 they
         equal a learner's log_softmax(logits / T)), and finish reasons ("stop" | "length").
-        temperature == 0 means greedy (log-probs are then log_softmax(logits))."""
+        temperature == 0 means greedy (log-probs are then log_softmax(logits)).
+        mixture_coef = b > 0 samples the geometric mixture pi^(1-b) · pi_ref^b (IPO-MD,
+        Nash-MD) and returns its log-probs; only engines built with a reference support it,
+        others raise ValueError."""
         ...
 
     def init_weight_sync(self, endpoint: SyncEndpoint) -> None:

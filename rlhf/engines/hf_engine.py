@@ -56,7 +56,12 @@ class HFEngine:
         top_p: float = 1.0,
         top_k: int = 0,
         seed: int | None = None,
+        mixture_coef: float = 0.0,
     ) -> Generation:
+        if mixture_coef != 0:
+            raise ValueError(
+                f"mixture_coef={mixture_coef!r}: the HF engine samples the policy only"
+            )
         if seed is not None:
             torch.manual_seed(seed)
         rows = [p for p in prompt_ids for _ in range(n)]  # prompt-major

@@ -22,6 +22,7 @@ from rlhf.sync.group import SyncEndpoint
 log = logging.getLogger(__name__)
 
 EXTENSION = "rlhf.engines.vllm_extension.WeightSyncExtension"
+MIXTURE_EXTENSION = "rlhf.engines.mixture_extension.MixtureWeightSyncExtension"
 
 
 def cpu_environment(threads: int) -> dict[str, str]:
@@ -69,7 +70,16 @@ class VLLMEngine:
         enforce_eager: bool = True,
         gpu_memory_utilization: float = 0.4,
         cpu_threads: int | None = None,
+        mixture_reference: str | None = None,
+        max_logprobs: int | None = None,
     ) -> None:
+        """`mixture_reference`: a reference model folder (same tokenizer as the policy). With
+        it, the engine samples the geometric mixture of the policy and the reference (see
+        `generate`'s `mixture_coef` and rlhf/engines/mixture.py): both models run at every
+        step and keep a KV cache each, so a fixed `kv_cache_bytes` holds half the tokens.
+        None: a plain engine on the policy.
+        `max_logprobs`: the most log-probs a request may ask for (vLLM's default when None;
+        -1 = the whole vocabulary, for tests that read full distributions)."""
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # before vllm's logger exists
         on_cpu = _is_cpu_platform()
         if on_cpu:
@@ -84,6 +94,17 @@ class VLLMEngine:
 
         # On CPU the KV cache is sized in bytes; on GPU by the memory fraction.
         kwargs = {"kv_cache_memory_bytes": kv_cache_bytes} if on_cpu else {}
+        if max_logprobs is not None:
+            kwargs["max_logprobs"] = max_logprobs
+        extension = EXTENSION
+        self.mixture_reference = mixture_reference
+        self._mixture_coef = 0.0  # b as last set in the worker (a mixture engine only)
+        if mixture_reference is not None:
+            from rlhf.engines.mixture import mixture_overrides, register_mixture_model
+
+            register_mixture_model()  # the driver's model config checks the architecture
+            kwargs["hf_overrides"] = mixture_overrides(mixture_reference, self._mixture_coef)
+            extension = MIXTURE_EXTENSION
         t0 = time.perf_counter()
         self.llm = LLM(
             model=model_path,
@@ -92,7 +113,7 @@ class VLLMEngine:
             dtype=dtype,
             enforce_eager=enforce_eager,
             gpu_memory_utilization=gpu_memory_utilization,
-            worker_extension_cls=EXTENSION,
+            worker_extension_cls=extension,
             # log-probs of the distribution actually sampled (after temperature, top-k/p)
             logprobs_mode="processed_logprobs",
             # n samples of a prompt share its prefill (whole KV blocks: 128 tokens on CPU)
@@ -120,10 +141,17 @@ class VLLMEngine:
         top_p: float = 1.0,
         top_k: int = 0,
         seed: int | None = None,
+        mixture_coef: float = 0.0,
     ) -> Generation:
+        """See `GenerationEngine.generate`. On a mixture engine (`mixture_reference`), samples
+        come from softmax(((1-b)·policy_logits + b·reference_logits) / T), then top-k/top-p,
+        with b = `mixture_coef` in [0, 1] (b = 0: the policy, still paying for the reference's
+        forward), and the returned log-probs are that mixture's (processed log-probs), the
+        behaviour policy's, not the policy's. A plain engine accepts only mixture_coef = 0."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        self.set_mixture_coef(mixture_coef)
         greedy = temperature == 0
         params = [
             SamplingParams(
@@ -151,6 +179,28 @@ class VLLMEngine:
                 )
         return result
 
+    @property
+    def is_mixture(self) -> bool:
+        return self.mixture_reference is not None
+
+    def set_mixture_coef(self, coef: float) -> None:
+        """Set b for the following generate calls (what `generate(mixture_coef=...)` does)."""
+        if not self.is_mixture:
+            if coef != 0:
+                raise ValueError(
+                    f"mixture_coef={coef!r} needs a mixture engine "
+                    "(VLLMEngine(..., mixture_reference=<reference model folder>))"
+                )
+            return
+        from rlhf.engines.mixture import check_mixture_coef
+
+        b = check_mixture_coef(coef)
+        if b != self._mixture_coef:
+            # b is engine-wide, read by the model at every step; no request is in flight
+            # between generate calls, so changing it here affects only the next call.
+            self.llm.collective_rpc("rlhf_set_mixture_coef", args=(b,))
+            self._mixture_coef = b
+
     # ------------------------------------------------------------------ weight sync
     def init_weight_sync(self, endpoint: SyncEndpoint) -> None:
         self._sync_timeout = endpoint.timeout_s
@@ -170,8 +220,29 @@ class VLLMEngine:
             self.llm.collective_rpc("rlhf_close_weight_sync")
             self._sync_timeout = None
 
-    def param_checksum(self) -> float:
-        return self.llm.collective_rpc("rlhf_param_checksum")[0]
+    def _part_args(self, part: str | None) -> tuple:
+        if part is None:
+            return ()
+        if not self.is_mixture:
+            raise ValueError(f"part={part!r} needs a mixture engine")
+        from rlhf.engines.mixture import PARTS
+
+        if part not in PARTS:
+            raise ValueError(f"part must be one of {sorted(PARTS)}, got {part!r}")
+        return (part,)
+
+    def param_checksum(self, part: str | None = None) -> float:
+        """Sum of the parameters: of the whole model, or on a mixture engine of one part,
+        "policy" or "reference" (a sync changes only the policy's)."""
+        args = self._part_args(part)
+        return self.llm.collective_rpc("rlhf_param_checksum", args=args)[0]
+
+    def param_digest(self, part: str | None = None) -> str:
+        """SHA-256 of the weights as the kernels use them (equal digests, bit-identical
+        weights); `part` as in `param_checksum`. A test and debugging probe: it multiplies
+        every CPU-packed linear layer by an identity matrix."""
+        args = self._part_args(part)
+        return self.llm.collective_rpc("rlhf_param_digest", args=args)[0]
 
     def shutdown(self) -> None:
         llm, self.llm = getattr(self, "llm", None), None

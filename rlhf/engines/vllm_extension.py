@@ -9,10 +9,12 @@ Arguments cross vLLM's RPC serialization, so they are plain lists and strings.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterable
 
 import torch
+from torch import nn
 
 from rlhf.sync.buckets import ParamSpec
 from rlhf.sync.group import SyncEndpoint, WeightSyncGroup
@@ -75,6 +77,46 @@ class WeightSyncExtension:
         self._rlhf_sync = None
 
     def rlhf_param_checksum(self) -> float:
-        """Sum of every parameter (a cheap probe for tests and debugging)."""
-        model = self.model_runner.get_model()
-        return float(sum(p.detach().double().sum().item() for p in model.parameters()))
+        """Sum of every parameter (a cheap probe for tests and debugging). On CPU, linear
+        layers' weights live packed in their kernels, not in parameters: see the digest."""
+        return param_checksum(self.model_runner.get_model())
+
+    def rlhf_param_digest(self) -> str:
+        """SHA-256 of the model's weights as the kernels use them (see `module_digest`)."""
+        return module_digest(self.model_runner.get_model())
+
+
+def param_checksum(module: nn.Module) -> float:
+    return float(sum(p.detach().double().sum().item() for p in module.parameters()))
+
+
+def _first(pair: tuple) -> str:
+    return pair[0]
+
+
+def _update(digest, name: str, tensor: torch.Tensor) -> None:
+    t = tensor.detach().cpu().contiguous()
+    digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+    digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+@torch.inference_mode()
+def module_digest(module: nn.Module) -> str:
+    """SHA-256 over every parameter and buffer, bit for bit: equal digests, equal weights.
+
+    On CPU, vLLM packs each linear layer's weight into a oneDNN (or similar) kernel and leaves
+    an empty parameter behind, so the parameters alone would miss most weights. For those
+    layers the digest also covers `cpu_linear(I)`, the layer applied to the identity matrix:
+    each output is 1·w plus exact zeros, so it reproduces the packed weight exactly. That costs
+    one K×K×N product per such layer: a probe for tests and debugging, not for every step.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted([*module.named_parameters(), *module.named_buffers()], key=_first):
+        _update(digest, name, tensor)
+    for name, sub in sorted(module.named_modules(), key=_first):
+        weight = getattr(sub, "weight", None)
+        packed = callable(getattr(sub, "cpu_linear", None)) and weight is not None
+        if packed and weight.numel() == 0:
+            eye = torch.eye(sub.input_size_per_partition, dtype=weight.dtype)
+            _update(digest, f"{name}.cpu_linear(I)", sub.cpu_linear(eye, weight, None))
+    return digest.hexdigest()
