@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from rlhf.config import TaskConfig
 from rlhf.data.tasks import TASKS, make_task
-from rlhf.rewards.builtin import BUILTIN_REWARDS, addition_digits, addition_exact
+from rlhf.rewards.builtin import (
+    BUILTIN_REWARDS,
+    addition_digits,
+    addition_distance,
+    addition_exact,
+)
 
 
 def _texts(prompts):
@@ -82,6 +89,16 @@ def test_digit_reward_gives_partial_credit_and_agrees_with_exact_at_one():
     assert scores == [1.0, 1.0, 0.5, 0.0, 0.0, 0.0, 0.0, pytest.approx(2 / 3), 0.5]
     exact = addition_exact(["12+34="] * len(COMPLETIONS), COMPLETIONS, answer=answers)
     assert [s == 1.0 for s in scores] == [e == 1.0 for e in exact]
+
+
+def test_distance_reward_orders_answers_by_closeness():
+    got = addition_distance(["12+34="] * 5, ["46", " 47", "56", "x", "1046"], answer=[46] * 5)
+    assert got[0] == 0.0
+    assert got[1] == pytest.approx(-math.log10(2))
+    assert got[2] == pytest.approx(-math.log10(11))
+    assert got[3] == -3.0  # not a number: below any answer within 999 of the right one
+    assert got[4] == pytest.approx(-math.log10(1001))  # further off than that: lower still
+    assert got[0] > got[1] > got[2] > got[3] > got[4]
 
 
 def test_builtin_registry_and_lengths():

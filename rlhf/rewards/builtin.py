@@ -6,6 +6,7 @@ answer of the built-in tasks.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 
@@ -42,7 +43,25 @@ def addition_digits(
     return out
 
 
+def addition_distance(
+    prompts: list[str], completions: list[str], answer: Sequence[object], **_: object
+) -> list[float | None]:
+    """Graded: closer is better, -log10(1 + |completion - answer|): 0 for the right answer,
+    -0.30 off by one, -1.04 off by ten; a completion that is not a number scores -3 (worse
+    than any number within 999 of the answer). As a judge it prefers the closer answer, so
+    two wrong answers still compare."""
+    out: list[float | None] = []
+    for c, a in zip(completions, answer, strict=True):
+        c, a = _clean(c), str(a).strip()
+        if not (c.isascii() and c.isdigit()) or not a.isdigit():
+            out.append(-3.0)
+            continue
+        out.append(-math.log10(1 + abs(int(c) - int(a))))
+    return out
+
+
 BUILTIN_REWARDS: dict[str, Callable[..., list[float | None]]] = {
     "addition_exact": addition_exact,
     "addition_digits": addition_digits,
+    "addition_distance": addition_distance,
 }
