@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
         "--baseline", help="Hugging Face folder to compare with (default: the initial policy)"
     )
     ev.add_argument("--greedy", action="store_true", help="greedy answers (default: sampled)")
+    ev.add_argument("--samples", type=int, default=1, help="sampled answers per prompt each")
     ev.add_argument("--out", help="also write the result as JSON to this file")
     return p
 
@@ -71,12 +72,19 @@ def _eval(cfg, args: argparse.Namespace) -> int:
             return 2
     baseline = args.baseline or prepare_model(cfg)
     prompts = make_task(cfg.task).eval_prompts[: cfg.run.eval_prompts]
-    result, metrics = evaluate_win_rate(cfg, args.policy, baseline, prompts, greedy=args.greedy)
+    if args.samples < 1:
+        print("rlhf eval: --samples must be >= 1", file=sys.stderr)
+        return 2
+    result, metrics = evaluate_win_rate(
+        cfg, args.policy, baseline, prompts, greedy=args.greedy, samples=args.samples
+    )
     report = {"policy": args.policy, "baseline": baseline, **result.as_dict(), **metrics}
     print(
         f"[rlhf] win rate {result.win_rate:.3f} (95% CI {result.ci_low:.3f} to "
-        f"{result.ci_high:.3f}) over {result.judged} held-out prompts: {result.wins} wins, "
-        f"{result.ties} ties, {result.losses} losses, {result.no_answer} undecided"
+        f"{result.ci_high:.3f}; ties count 1/2) over {len(prompts)} held-out prompts x "
+        f"{args.samples}: {result.wins} wins, {result.ties} ties, {result.losses} losses, "
+        f"{result.no_answer} undecided; decisive win rate {result.decisive_win_rate:.3f} "
+        f"({result.decisive_ci_low:.3f} to {result.decisive_ci_high:.3f}; ties left out)"
     )
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2))

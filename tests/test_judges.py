@@ -107,3 +107,20 @@ def test_win_rate_summary_by_hand():
     assert (r.ci_low, r.ci_high) == pytest.approx((0.625 - half, min(1.0, 0.625 + half)))
     assert (r.wins, r.ties, r.losses, r.judged, r.no_answer) == (2, 1, 1, 4, 1)
     assert math.isnan(win_rate_from_probs(np.array([np.nan])).win_rate)
+
+
+def test_win_rate_over_several_answers_per_prompt_by_hand():
+    probs = np.array([[1.0, 0.5, 1.0], [0.0, 0.0, np.nan], [0.5, 0.5, 0.5]])
+    r = win_rate_from_probs(probs)
+    # per prompt: 2.5/3, 0/2, 0.5 -> mean over prompts
+    assert r.win_rate == pytest.approx((2.5 / 3 + 0.0 + 0.5) / 3)
+    # decisive: 2 wins, 2 losses (ties and the unanswered pair left out)
+    assert r.decisive_win_rate == pytest.approx(0.5)
+    assert (r.wins, r.ties, r.losses, r.judged, r.no_answer) == (2, 4, 2, 8, 1)
+    # the interval treats prompts, not answers, as the independent draws
+    half = Z_95 * np.std([2.5 / 3, 0.0, 0.5], ddof=1) / math.sqrt(3)
+    assert r.ci_low == pytest.approx(max(0.0, r.win_rate - half))
+    # decisive interval: residuals (wins - R * decisions) / mean decisions, prompts 1 and 2
+    resid = np.array([2 - 0.5 * 2, 0 - 0.5 * 2]) / 2.0
+    d_half = Z_95 * np.std(resid, ddof=1) / math.sqrt(2)
+    assert r.decisive_ci_low == pytest.approx(max(0.0, 0.5 - d_half))
