@@ -2,8 +2,8 @@
 
 For each (variant, seed): `rlhf train` (the real stack: local Ray, vLLM — the mixture
 engine for ipo_md and nash_md —, DeepSpeed, the reference pool), then `rlhf eval` of the
-saved policy against the initial one on 512 held-out prompts under the judge it trained
-with. Prints a markdown table (and with --out writes it with the command that made it);
+saved policy against the initial one on 512 held-out prompts, 4 sampled answers each, under
+the judge it trained with. Prints a markdown table (and with --out writes it with the command that made it);
 finished runs are read back, so an interrupted study resumes.
 
     .venv/bin/python benchmarks/preference_study.py --variants online_dpo,ipo --seeds 0 \\
@@ -34,7 +34,7 @@ VARIANTS: dict[str, list[str]] = {
         "rollout.prompts_per_iteration=256",
     ],
 }
-EVAL_PROMPTS = 512
+EVAL_PROMPTS, EVAL_SAMPLES = 512, 4
 
 
 def cli(*args: str, log: Path) -> None:
@@ -45,26 +45,24 @@ def cli(*args: str, log: Path) -> None:
 
 
 def run_one(name: str, overrides: list[str], seed: int, out_dir: Path) -> dict:
+    """Train (unless that run finished before) and evaluate (unless done with these settings)."""
     run = out_dir / f"{name}-s{seed}"
-    result_file = run / "win_rate.json"
+    result_file = run / f"win_rate-{EVAL_PROMPTS}x{EVAL_SAMPLES}.json"
     if result_file.is_file():
         return json.loads(result_file.read_text())
-    args = [*overrides, f"run.seed={seed}", "run.progress_bar=false", "run.eval_prompts=512"]
-    t0 = time.perf_counter()
-    cli(
-        "train",
-        *args,
-        f"run.output_dir={out_dir}",
-        f"run.name={run.name}",
-        log=out_dir / f"{run.name}.log",
-    )
-    seconds = time.perf_counter() - t0
+    if not (run / "summary.json").is_file():
+        args = [*overrides, f"run.seed={seed}", "run.progress_bar=false", "run.eval_prompts=512"]
+        log = out_dir / f"{run.name}.log"
+        cli("train", *args, f"run.output_dir={out_dir}", f"run.name={run.name}", log=log)
+    eval_file = run / f"eval-{EVAL_PROMPTS}x{EVAL_SAMPLES}.json"
     cli(
         "eval",
         "--policy",
         str(run / "final"),
+        "--samples",
+        str(EVAL_SAMPLES),
         "--out",
-        str(run / "eval.json"),
+        str(eval_file),
         *overrides,
         f"run.seed={seed}",
         f"run.eval_prompts={EVAL_PROMPTS}",
@@ -72,8 +70,7 @@ def run_one(name: str, overrides: list[str], seed: int, out_dir: Path) -> dict:
     )
     result = {
         **json.loads((run / "summary.json").read_text()),
-        **json.loads((run / "eval.json").read_text()),
-        "seconds/command": seconds,
+        **json.loads(eval_file.read_text()),
     }
     result_file.write_text(json.dumps(result, indent=2))
     return result
@@ -82,14 +79,17 @@ def run_one(name: str, overrides: list[str], seed: int, out_dir: Path) -> dict:
 def table(results: dict[tuple[str, int], dict]) -> str:
     lines = [
         "| variant | seed | sampled reward, first 10% | last 10% | greedy before | greedy after "
-        "| win rate vs initial (95% CI) | wins / ties / losses | s/iteration |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| win rate, ties 1/2 (95% CI) | decisive win rate (95% CI) | wins / ties / losses "
+        "| s/iteration |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (name, seed), r in results.items():
         lines.append(
             f"| {name} | {seed} | {r['reward/first_10pct']:.3f} | {r['reward/last_10pct']:.3f} "
             f"| {r['eval/greedy_reward_before']:.3f} | {r['eval/greedy_reward_after']:.3f} "
             f"| **{r['win_rate']:.3f}** ({r['ci_low']:.3f} to {r['ci_high']:.3f}) "
+            f"| **{r['decisive_win_rate']:.3f}** ({r['decisive_ci_low']:.3f} to "
+            f"{r['decisive_ci_high']:.3f}) "
             f"| {r['wins']} / {r['ties']} / {r['losses']} | {r['seconds/iteration']:.2f} |"
         )
     return "\n".join(lines)
