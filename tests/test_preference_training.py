@@ -38,8 +38,8 @@ MIN_DECISIVE_WIN_RATE = 0.6
 
 ALGORITHMS = {
     "online_dpo": ["algorithm.name=online_dpo", "algorithm.pairs=all"],
-    "ipo": ["algorithm.name=ipo", "algorithm.pairs=all"],
-    "ipo_md": ["algorithm.name=ipo_md", "algorithm.pairs=all"],
+    "ipo": ["algorithm.name=ipo"],
+    "ipo_md": ["algorithm.name=ipo_md"],
     # two samples per prompt (policy, mixture): 4x the prompts keeps 512 samples per iteration
     "nash_md": [
         "algorithm.name=nash_md",
