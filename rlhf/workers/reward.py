@@ -1,10 +1,12 @@
-"""RewardWorker: runs the configured reward functions over decoded completions."""
+"""RewardWorker: runs the configured reward functions and reward models over decoded
+completions."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from rlhf.config import Config
+from rlhf.rewards.reward_model import RewardModelScorer
 from rlhf.rewards.scoring import NamedReward, resolve_reward_function, score_batch
 from rlhf.workers.common import setup_worker_process
 
@@ -18,6 +20,7 @@ class RewardWorker:
             NamedReward(f.name, resolve_reward_function(f.name), f.weight)
             for f in cfg.reward.functions
         ]
+        self.rewards += reward_models(cfg)
 
     def ready(self) -> str:
         return self.name
@@ -35,3 +38,17 @@ class RewardWorker:
         if functions is not None:
             rewards = [NamedReward(f, resolve_reward_function(f), 1.0) for f in functions]
         return score_batch(rewards, prompts, completions, columns, self.on_error)
+
+
+def reward_models(cfg: Config) -> list[NamedReward]:
+    """The configured reward models as reward functions; a folder that cannot be used is an
+    error naming `reward.models[i].path`. Named `reward.models[i]:model<i>`, so metrics read
+    `reward/model<i>/mean`."""
+    return [
+        NamedReward(
+            f"reward.models[{i}]:model{i}",
+            RewardModelScorer(m.path, m.batch_size, m.max_length, f"reward.models[{i}].path"),
+            m.weight,
+        )
+        for i, m in enumerate(cfg.reward.models)
+    ]
