@@ -27,13 +27,13 @@ def train(cfg: Config) -> dict[str, Any]:
     from rlhf.models.default_model import prepare_model
 
     started = time.perf_counter()
+    if cfg.ray.address is None:
+        check_reward_models(cfg)
     run_dir = make_run_dir(cfg)
     task = make_task(cfg.task)
     print(f"[rlhf] run folder: {run_dir}", flush=True)
     model_path = prepare_model(cfg)
     print(f"[rlhf] policy: {model_path}", flush=True)
-    if cfg.ray.address is None:
-        check_reward_models(cfg)
     trainer = Trainer(cfg, run_dir, model_path, task)
     try:
         t0 = time.perf_counter()

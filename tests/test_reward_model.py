@@ -375,3 +375,14 @@ def test_grpo_against_the_reward_model_alone(trained_rm, tmp_path):
         f"{scores[1].mean():.3f} (standard error {standard_error:.3f})"
     )
     assert diff.mean() > 3 * standard_error
+
+
+def test_cli_reports_an_unusable_reward_model_before_starting_anything(tmp_path, capsys):
+    from rlhf.cli import main
+
+    out = tmp_path / "runs"
+    assert main(["train", f"run.output_dir={out}", f"reward.models=[{{path: {tmp_path}}}]"]) == 2
+    assert "reward.models[0].path" in capsys.readouterr().err
+    assert not out.exists()  # no run folder for a run that never started
+    assert main(["train-rm", f"reward_model_training.pairs={tmp_path / 'none.jsonl'}"]) == 2
+    assert "none.jsonl' does not exist" in capsys.readouterr().err

@@ -191,8 +191,8 @@ def train_reward_model(cfg: Config) -> dict[str, Any]:
     # One rank of the learner's kind, with its CPU share: extra OpenMP threads on busy
     # cores made steps several times slower, never faster, for models this small.
     torch.set_num_threads(max(1, math.ceil(cfg.topology.learner.num_cpus)))
+    train_pairs, held_out, source = load_pairs(cfg)  # first: a bad file fails in a second
     init = _initial_folder(cfg)
-    train_pairs, held_out, source = load_pairs(cfg)
     print(
         f"[rlhf] train-rm: {len(train_pairs)} training pairs, {len(held_out)} held-out "
         f"pairs ({source}); starting from {init}",
