@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from rlhf.config import ConfigError, dump_config, load_config
+from rlhf.config import Config, ConfigError, dump_config, load_config
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -17,6 +17,11 @@ def _parser() -> argparse.ArgumentParser:
         ("train", "run training (no arguments: the built-in default on a local Ray cluster)"),
         ("config", "print the resolved config as YAML"),
         ("eval", "win rate of a policy against a baseline under reward.judge, held-out prompts"),
+        (
+            "train-rm",
+            "train a reward model from preference pairs (reward_model_training.*; no "
+            "arguments: pairs built from the built-in task)",
+        ),
     ):
         s = sub.add_parser(name, help=help_text)
         s.add_argument("--config", "-c", help="YAML config file")
@@ -47,9 +52,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "eval":
         return _eval(cfg, args)
+    if args.command == "train-rm":
+        return _train_rm(cfg)
     from rlhf.train import format_summary, train
 
-    summary = train(cfg)
+    try:
+        summary = train(cfg)
+    except ConfigError as err:  # found once files are read (model.path, reward.models)
+        print(f"rlhf: {err}", file=sys.stderr)
+        return 2
     print(format_summary(summary))
     print(
         json.dumps({k: v for k, v in summary.items() if isinstance(v, int | float)}),
@@ -89,6 +100,19 @@ def _eval(cfg, args: argparse.Namespace) -> int:
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2))
     print(json.dumps(report), file=sys.stderr)
+    return 0
+
+
+def _train_rm(cfg: Config) -> int:
+    from rlhf.rewards.pairs import PairsFileError
+    from rlhf.rewards.train_rm import format_metrics, train_reward_model
+
+    try:
+        metrics = train_reward_model(cfg)
+    except (ConfigError, PairsFileError) as err:
+        print(f"rlhf: {err}", file=sys.stderr)
+        return 2
+    print(format_metrics(metrics))
     return 0
 
 

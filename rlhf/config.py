@@ -107,8 +107,21 @@ class RewardFunctionConfig(Section):
     weight: float = 1.0
 
 
+class RewardModelConfig(Section):
+    """A sequence-classification folder with one label (`rlhf train-rm` makes one), scoring
+    prompt + completion; its score joins the functions' weighted sum."""
+
+    path: str = Field(..., description="the reward model's Hugging Face folder")
+    weight: float = 1.0
+    batch_size: int = Field(64, gt=0, description="rows per forward pass")
+    max_length: int = Field(256, gt=0, description="tokens per row; longer rows keep the end")
+
+
 class RewardConfig(Section):
     functions: list[RewardFunctionConfig] = [RewardFunctionConfig(name="addition_exact")]
+    models: list[RewardModelConfig] = Field(
+        [], description="reward models, scored alongside `functions` (weighted sum)"
+    )
     on_error: Literal["drop", "zero", "raise"] = Field(
         "drop",
         description="a function that raises or returns NaN: drop the sample, score 0, or stop",
@@ -116,6 +129,12 @@ class RewardConfig(Section):
     judge: JudgeConfig = Field(
         JudgeConfig(), description="pairwise judge of the preference algorithms and `rlhf eval`"
     )
+
+    @model_validator(mode="after")
+    def _something_scores(self) -> RewardConfig:
+        if not self.functions and not self.models:
+            raise ValueError("reward.functions and reward.models are both empty: give at least one")
+        return self
 
 
 class LearnerConfig(Section):
@@ -142,6 +161,35 @@ class CriticConfig(LearnerConfig):
         description="None: the policy's backbone with a fresh value head; or a reward-model "
         "folder (its score head is used when it has one)",
     )
+
+
+class RewardModelTrainingConfig(LearnerConfig):
+    """`rlhf train-rm`: a reward model from preference pairs, trained by DeepSpeed on one
+    rank with the learner's optimizer knobs (below: steps where the learner says iterations)."""
+
+    pairs: str | None = Field(
+        None,
+        description="JSONL of {prompt, chosen, rejected}; None builds pairs from the task",
+    )
+    output_dir: str = Field("runs/reward_model", description="where the model is saved")
+    init_from: str | None = Field(
+        None,
+        description="None: the policy `rlhf train` starts from (model.*, warm_start.*) with a "
+        "fresh score head; or a policy or reward-model folder",
+    )
+    steps: int = Field(2000, gt=0, description="optimizer steps")
+    batch_size: int = Field(64, gt=0, description="pairs per optimizer step")
+    micro_batch_size: int = Field(64, gt=0, description="pairs per forward/backward")
+    lr: float = Field(5e-4, gt=0)
+    warmup_iterations: int = Field(20, ge=0, description="linear lr warm-up, in steps")
+    held_out_fraction: float = Field(
+        0.1, ge=0, lt=1, description="pairs file: the fraction of prompts held out"
+    )
+    rejected_per_prompt: int = Field(
+        2, gt=0, description="built-in pairs: wrong answers per prompt"
+    )
+    max_length: int = Field(256, gt=0, description="tokens per row; longer rows keep the end")
+    seed: int = 0
 
 
 class SyncConfig(Section):
@@ -179,6 +227,7 @@ class Config(Section):
     learner: LearnerConfig = LearnerConfig()
     critic: CriticConfig = CriticConfig()
     sync: SyncConfig = SyncConfig()
+    reward_model_training: RewardModelTrainingConfig = RewardModelTrainingConfig()
 
     @model_validator(mode="before")
     @classmethod

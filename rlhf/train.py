@@ -27,6 +27,8 @@ def train(cfg: Config) -> dict[str, Any]:
     from rlhf.models.default_model import prepare_model
 
     started = time.perf_counter()
+    if cfg.ray.address is None:
+        check_reward_models(cfg)
     run_dir = make_run_dir(cfg)
     task = make_task(cfg.task)
     print(f"[rlhf] run folder: {run_dir}", flush=True)
@@ -44,6 +46,16 @@ def train(cfg: Config) -> dict[str, Any]:
             ray.shutdown()
     summary["seconds/total"] = time.perf_counter() - started
     return summary
+
+
+def check_reward_models(cfg: Config) -> None:
+    """On a local cluster the workers read this machine's files: a reward-model folder that
+    cannot be used is reported before any actor starts, and relative paths become absolute
+    (a worker's working directory is not the launcher's)."""
+    from rlhf.models.reward_model import check_folder
+
+    for i, m in enumerate(cfg.reward.models):
+        m.path = str(check_folder(m.path, f"reward.models[{i}].path").resolve())
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -1,5 +1,5 @@
-"""RewardWorker: runs the configured reward functions over decoded completions, and the
-configured pairwise judge over pairs of them."""
+"""RewardWorker: runs the configured reward functions and reward models over decoded
+completions, and the configured pairwise judge over pairs of them."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import numpy as np
 from rlhf.config import Config
 from rlhf.preferences import preference_from_rewards
 from rlhf.rewards.judges import call_judge, in_both_orders, resolve_judge_function, summarize
+from rlhf.rewards.reward_model import RewardModelScorer
 from rlhf.rewards.scoring import NamedReward, resolve_reward_function, score_batch
 from rlhf.workers.common import setup_worker_process
 
@@ -21,6 +22,7 @@ class RewardWorker:
             NamedReward(f.name, resolve_reward_function(f.name), f.weight)
             for f in cfg.reward.functions
         ]
+        self.rewards += reward_models(cfg)
         self.judge_cfg = cfg.reward.judge
         self.judge_fn = (
             resolve_judge_function(self.judge_cfg.function)
@@ -72,3 +74,17 @@ class RewardWorker:
             else:
                 probs, metrics = ask(completions_a, completions_b)
         return probs, {**metrics, **summarize(probs)}
+
+
+def reward_models(cfg: Config) -> list[NamedReward]:
+    """The configured reward models as reward functions; a folder that cannot be used is an
+    error naming `reward.models[i].path`. Named `reward.models[i]:model<i>`, so metrics read
+    `reward/model<i>/mean`."""
+    return [
+        NamedReward(
+            f"reward.models[{i}]:model{i}",
+            RewardModelScorer(m.path, m.batch_size, m.max_length, f"reward.models[{i}].path"),
+            m.weight,
+        )
+        for i, m in enumerate(cfg.reward.models)
+    ]

@@ -1,0 +1,261 @@
+"""`rlhf train-rm`: a reward model from preference pairs, with the Bradley-Terry loss.
+
+DeepSpeed on one rank in this process, set up as the learner sets up its ranks (gloo on
+CPU, a torch AdamW instance, the same lr schedule). The classifier starts from the policy
+`rlhf train` would start from (or `init_from`) with a fresh one-label score head. The saved
+folder is then loaded back by the reward workers' scorer, and the accuracies reported are
+that scorer's: exactly what a run will see.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlhf.config import Config, ConfigError, RewardModelTrainingConfig, dump_config
+from rlhf.models.logprobs import pad_rows
+from rlhf.models.reward_model import ScalarReward, encode, init_from_folder, pad_id_of
+from rlhf.rewards.bradley_terry import bradley_terry_loss, pair_accuracy
+from rlhf.rewards.pairs import Pair, read_pairs, split_by_prompt, task_pairs
+from rlhf.rewards.reward_model import RewardModelScorer
+
+METRICS_FILE = "reward_model_metrics.json"
+TRAIN_ACCURACY_PAIRS = 2048  # training pairs re-scored at the end (a sample, for speed)
+
+
+def _initial_folder(cfg: Config) -> str:
+    path = cfg.reward_model_training.init_from
+    if path is None:
+        from rlhf.models.default_model import prepare_model
+
+        return prepare_model(cfg)  # the policy `rlhf train` builds (cached)
+    folder = Path(path).expanduser()
+    if not (folder / "config.json").is_file():
+        raise ConfigError(
+            f"reward_model_training.init_from: {str(folder)!r} is not a Hugging Face model "
+            "folder (no config.json)"
+        )
+    return str(folder)
+
+
+def load_pairs(cfg: Config) -> tuple[list[Pair], list[Pair], str]:
+    """(training pairs, held-out pairs, where they came from)."""
+    s = cfg.reward_model_training
+    if s.pairs is not None:
+        train, held = split_by_prompt(read_pairs(s.pairs), s.held_out_fraction, s.seed)
+        return train, held, s.pairs
+    from rlhf.data.tasks import make_task
+
+    task = make_task(cfg.task)
+    train, held = task_pairs(task, s.rejected_per_prompt, s.seed)
+    return train, held, f"task:{task.name}"
+
+
+# ---------------------------------------------------------------- training (DeepSpeed)
+@contextmanager
+def single_rank_engine(model: ScalarReward, s: RewardModelTrainingConfig, dtype: str):
+    """A DeepSpeed engine on a one-rank group of this process, torn down on exit (the model's
+    parameters stay readable inside the block, also under ZeRO-3)."""
+    import torch.distributed as dist
+
+    from rlhf.learner.deepspeed_setup import build_engine, init_process_group, resolve_backend
+    from rlhf.sync.group import host_store
+
+    store = host_store("127.0.0.1", 1, timeout_s=60)
+    init_process_group(
+        "127.0.0.1",
+        int(store.port),
+        rank=0,
+        world_size=1,
+        backend=resolve_backend(s.backend),
+        join_timeout_s=60,
+        op_timeout_s=600,
+        store=store,
+    )
+    engine = None
+    try:
+        torch.manual_seed(s.seed)
+        # the learner's lr schedule, with one "iteration" per optimizer step
+        engine = build_engine(
+            model, s, dtype, world_size=1, steps_per_iteration=1, iterations=s.steps
+        )
+        yield engine
+    finally:
+        if engine is not None:
+            engine.destroy()
+        dist.destroy_process_group()
+
+
+def batches(n: int, size: int, steps: int, seed: int) -> Iterator[list[int]]:
+    """`steps` batches of `min(size, n)` indices: a seeded shuffle, epoch after epoch (a
+    batch may span two epochs)."""
+    rng = np.random.default_rng(seed)
+    stream: list[int] = []
+    for _ in range(steps):
+        while len(stream) < min(size, n):
+            stream.extend(rng.permutation(n).tolist())
+        batch, stream = stream[: min(size, n)], stream[min(size, n) :]
+        yield batch
+
+
+def fit(
+    engine,
+    chosen: list[list[int]],
+    rejected: list[list[int]],
+    pad: int,
+    s: RewardModelTrainingConfig,
+    log_every: int = 0,
+) -> list[dict[str, float]]:
+    """`s.steps` optimizer steps of `s.batch_size` pairs, each accumulated over micro-batches
+    of `s.micro_batch_size` pairs (chosen and rejected rows in one forward). Returns one
+    record per step: loss, accuracy on the step's pairs, lr."""
+    history: list[dict[str, float]] = []
+    for step, take in enumerate(batches(len(chosen), s.batch_size, s.steps, s.seed)):
+        record = {"lr": float(engine.get_lr()[0]), "loss": 0.0, "accuracy": 0.0}
+        mb = s.micro_batch_size
+        parts = [take[i : i + mb] for i in range(0, len(take), mb)]
+        for i, part in enumerate(parts):
+            engine.set_gradient_accumulation_boundary(i == len(parts) - 1)
+            ids, mask = pad_rows([chosen[j] for j in part] + [rejected[j] for j in part], pad)
+            scores = engine(ids.to(engine.device), mask.to(engine.device)).float()
+            r_chosen, r_rejected = scores[: len(part)], scores[len(part) :]
+            # weighted by its share of the step's pairs: the parts sum to the step's mean loss
+            loss = bradley_terry_loss(r_chosen, r_rejected) * (len(part) / len(take))
+            engine.backward(loss, scale_wrt_gas=False)
+            record["loss"] += float(loss.item())
+            record["accuracy"] += float((r_chosen > r_rejected).sum().item()) / len(take)
+        engine.step()
+        history.append(record)
+        if log_every and ((step + 1) % log_every == 0 or step + 1 == s.steps):
+            print(
+                "[rlhf] train-rm step {}/{}: loss {:.4f}, pair accuracy {:.3f}, lr {:.2e}".format(
+                    step + 1, s.steps, record["loss"], record["accuracy"], record["lr"]
+                ),
+                flush=True,
+            )
+    return history
+
+
+# ---------------------------------------------------------------- saving and measuring
+def save(model: ScalarReward, tokenizer, out: Path) -> None:
+    """The classifier in Hugging Face format (AutoModelForSequenceClassification) and the
+    tokenizer. Parameters are gathered first, in case ZeRO-3 partitioned them."""
+    from rlhf.learner.export import full_parameters
+
+    out.mkdir(parents=True, exist_ok=True)
+    state = dict(full_parameters(model.classifier, "cpu"))
+    model.classifier.save_pretrained(out, state_dict=state, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def measure(scorer: RewardModelScorer, pairs: list[Pair]) -> dict[str, Any]:
+    """Pair accuracy of a scorer, overall and per kind of wrong answer (built-in pairs)."""
+    if not pairs:
+        return {"accuracy": math.nan, "pairs": 0}
+    prompts = [p.prompt for p in pairs]
+    scores = scorer(prompts + prompts, [p.chosen for p in pairs] + [p.rejected for p in pairs])
+    chosen, rejected = scores[: len(pairs)], scores[len(pairs) :]
+    result: dict[str, Any] = {"accuracy": pair_accuracy(chosen, rejected), "pairs": len(pairs)}
+    kinds = sorted({p.kind for p in pairs if p.kind})
+    if kinds:
+        result["accuracy_by_kind"] = {
+            k: pair_accuracy(
+                [c for c, p in zip(chosen, pairs, strict=True) if p.kind == k],
+                [r for r, p in zip(rejected, pairs, strict=True) if p.kind == k],
+            )
+            for k in kinds
+        }
+    return result
+
+
+def _tail_mean(history: list[dict[str, float]], key: str) -> float:
+    tail = history[-max(1, len(history) // 10) :]
+    return float(np.mean([h[key] for h in tail]))
+
+
+def train_reward_model(cfg: Config) -> dict[str, Any]:
+    """Build or read the pairs, train, save, and measure the saved model; returns the
+    metrics that are also written to `<output_dir>/reward_model_metrics.json`."""
+    from transformers import AutoTokenizer
+
+    s = cfg.reward_model_training
+    started = time.perf_counter()
+    # One rank of the learner's kind, with its CPU share: extra OpenMP threads on busy
+    # cores made steps several times slower, never faster, for models this small.
+    torch.set_num_threads(max(1, math.ceil(cfg.topology.learner.num_cpus)))
+    train_pairs, held_out, source = load_pairs(cfg)  # first: a bad file fails in a second
+    init = _initial_folder(cfg)
+    print(
+        f"[rlhf] train-rm: {len(train_pairs)} training pairs, {len(held_out)} held-out "
+        f"pairs ({source}); starting from {init}",
+        flush=True,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(init)
+    pad = pad_id_of(tokenizer)
+    prompts = [p.prompt for p in train_pairs]
+    chosen = encode(tokenizer, prompts, [p.chosen for p in train_pairs], s.max_length)
+    rejected = encode(tokenizer, prompts, [p.rejected for p in train_pairs], s.max_length)
+    model = init_from_folder(init, pad)
+    out = Path(s.output_dir).expanduser()
+    t0 = time.perf_counter()
+    with single_rank_engine(model, s, cfg.model.dtype) as engine:
+        history = fit(engine, chosen, rejected, pad, s, log_every=max(1, s.steps // 10))
+        train_seconds = time.perf_counter() - t0
+        save(model, tokenizer, out)
+    (out / "rlhf_config.yaml").write_text(dump_config(cfg))
+
+    scorer = RewardModelScorer(out, batch_size=2 * s.micro_batch_size, max_length=s.max_length)
+    sample = np.random.default_rng(s.seed).permutation(len(train_pairs))[:TRAIN_ACCURACY_PAIRS]
+    held = measure(scorer, held_out)
+    seen = measure(scorer, [train_pairs[i] for i in sample])
+    metrics: dict[str, Any] = {
+        "held_out_accuracy": held["accuracy"],
+        "held_out_pairs": held["pairs"],
+        "held_out_accuracy_by_kind": held.get("accuracy_by_kind", {}),
+        "train_accuracy": seen["accuracy"],
+        "train_accuracy_pairs": seen["pairs"],
+        "train_accuracy_by_kind": seen.get("accuracy_by_kind", {}),
+        "train_loss_last_10pct": _tail_mean(history, "loss"),
+        "train_batch_accuracy_last_10pct": _tail_mean(history, "accuracy"),
+        "train_pairs": len(train_pairs),
+        "steps": s.steps,
+        "epochs": s.steps * min(s.batch_size, len(train_pairs)) / len(train_pairs),
+        "pairs_source": source,
+        "init_from": init,
+        "output_dir": str(out),
+        "seconds/train": train_seconds,
+        "seconds/total": time.perf_counter() - started,
+    }
+    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def format_metrics(m: dict[str, Any]) -> str:
+    lines = [
+        "[rlhf] train-rm done in {:.0f} s ({} steps, {:.1f} epochs)".format(
+            m["seconds/total"], m["steps"], m["epochs"]
+        ),
+        "[rlhf] held-out pair accuracy: {:.3f} ({} pairs)".format(
+            m["held_out_accuracy"], m["held_out_pairs"]
+        ),
+    ]
+    if m["held_out_accuracy_by_kind"]:
+        lines.append(
+            "[rlhf]   by kind: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in m["held_out_accuracy_by_kind"].items())
+        )
+    lines += [
+        "[rlhf] train pair accuracy: {:.3f} ({} pairs); train loss (last 10% of steps): {:.4f}".format(
+            m["train_accuracy"], m["train_accuracy_pairs"], m["train_loss_last_10pct"]
+        ),
+        f"[rlhf] reward model: {m['output_dir']} (metrics: {METRICS_FILE})",
+    ]
+    return "\n".join(lines)
