@@ -110,5 +110,8 @@ def evaluate_win_rate(
     theirs = sample_completions(baseline_path, texts, new_tokens, temperature, cfg.run.seed + 1)
     judge = RewardWorker(cfg, 0)
     columns = {k: [p.columns[k] for p in prompts] for k in (prompts[0].columns if prompts else {})}
-    probs, metrics = judge.judge(texts, ours, theirs, columns)
+    try:
+        probs, metrics = judge.judge(texts, ours, theirs, columns)
+    finally:
+        judge.shutdown()  # an LLM judge's engine runs in processes of its own
     return win_rate_from_probs(probs), metrics
