@@ -155,7 +155,7 @@ class Pools:
         return stats[0]
 
     def shutdown(self) -> None:
-        for pool in (self.rollout, self.learner, self.critic):
+        for pool in (self.rollout, self.reward, self.learner, self.critic):
             for actor in pool.actors.values():
                 try:
                     ray.get(actor.shutdown.remote(), timeout=30)

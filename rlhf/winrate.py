@@ -153,5 +153,8 @@ def evaluate_win_rate(
     judge = RewardWorker(cfg, 0)
     keys = list(prompts[0].columns) if prompts else []
     columns = {k: [p.columns[k] for p in prompts for _ in range(samples)] for k in keys}
-    probs, metrics = judge.judge(texts, ours, theirs, columns)
+    try:
+        probs, metrics = judge.judge(texts, ours, theirs, columns)
+    finally:
+        judge.shutdown()  # an LLM judge's engine runs in processes of its own
     return win_rate_from_probs(probs.reshape(len(prompts), samples)), metrics

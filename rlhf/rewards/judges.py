@@ -27,6 +27,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from rlhf.configbase import Section
+from rlhf.rewards.llm_judge import LLMJudgeConfig
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,9 @@ class JudgeConfig(Section):
     both_orders: bool = Field(
         True, description="ask (a, b) and (b, a) and average: cancels position bias"
     )
+    llm: LLMJudgeConfig = Field(
+        LLMJudgeConfig(), description="kind=llm: the judge model, its prompt and its engine"
+    )
 
     @model_validator(mode="after")
     def _function_named(self) -> JudgeConfig:
@@ -55,6 +59,8 @@ class JudgeConfig(Section):
             raise ValueError(
                 "reward.judge.function must name 'package.module:function' for kind=function"
             )
+        if self.kind == "llm" and not self.llm.path:
+            raise ValueError("reward.judge.llm.path must name the judge model folder for kind=llm")
         return self
 
 

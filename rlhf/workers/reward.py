@@ -3,14 +3,25 @@ completions, and the configured pairwise judge over pairs of them."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from rlhf.config import Config
 from rlhf.preferences import preference_from_rewards
-from rlhf.rewards.judges import call_judge, in_both_orders, resolve_judge_function, summarize
+from rlhf.rewards.judges import (
+    call_judge,
+    checked_probabilities,
+    in_both_orders,
+    resolve_judge_function,
+    summarize,
+)
 from rlhf.rewards.reward_model import RewardModelScorer
 from rlhf.rewards.scoring import NamedReward, resolve_reward_function, score_batch
 from rlhf.workers.common import setup_worker_process
+
+if TYPE_CHECKING:
+    from rlhf.rewards.llm_judge import LLMJudge
 
 
 class RewardWorker:
@@ -29,6 +40,11 @@ class RewardWorker:
             if self.judge_cfg.kind == "function" and self.judge_cfg.function
             else None
         )
+        self.llm_judge: LLMJudge | None = None
+        if self.judge_cfg.kind == "llm":
+            from rlhf.rewards.llm_judge import LLMJudge
+
+            self.llm_judge = LLMJudge(self.judge_cfg.llm, seed=cfg.run.seed)
 
     def ready(self) -> str:
         return self.name
@@ -61,6 +77,8 @@ class RewardWorker:
             r_b, m_b = self.score(prompts, completions_b, columns)
             probs = preference_from_rewards(r_a, r_b, cfg.tau)
             metrics = {"reward/dropped": m_a["reward/dropped"] + m_b["reward/dropped"]}
+        elif cfg.kind == "llm":
+            probs, metrics = self._judge_llm(prompts, completions_a, completions_b)
         else:
             if cfg.kind != "function" or self.judge_fn is None:
                 raise ValueError(f"reward.judge.kind {cfg.kind!r} is not available on this worker")
@@ -74,6 +92,30 @@ class RewardWorker:
             else:
                 probs, metrics = ask(completions_a, completions_b)
         return probs, {**metrics, **summarize(probs)}
+
+    def _judge_llm(
+        self, prompts: list[str], completions_a: list[str], completions_b: list[str]
+    ) -> tuple[np.ndarray, dict[str, float]]:
+        """The LLM judge, asked like a function judge: invalid answers (no verdict, too long)
+        follow reward.on_error, and both orders are averaged when `both_orders`."""
+        judge = self.llm_judge
+        if judge is None:
+            raise ValueError("reward.judge.kind 'llm' is not available on this worker")
+        name = f"llm:{self.judge_cfg.llm.path}"
+
+        def ask(a: list[str], b: list[str]) -> tuple[np.ndarray, dict[str, float]]:
+            values, metrics = judge.ask(prompts, a, b)
+            probs, checked = checked_probabilities(name, values, len(prompts), self.on_error)
+            return probs, {**metrics, **checked}
+
+        if self.judge_cfg.both_orders:
+            return in_both_orders(ask, completions_a, completions_b)
+        return ask(completions_a, completions_b)
+
+    def shutdown(self) -> None:
+        judge, self.llm_judge = self.llm_judge, None
+        if judge is not None:
+            judge.shutdown()
 
 
 def reward_models(cfg: Config) -> list[NamedReward]:
