@@ -114,6 +114,13 @@ class RewardModelConfig(Section):
     path: str = Field(..., description="the reward model's Hugging Face folder")
     weight: float = 1.0
     batch_size: int = Field(64, gt=0, description="rows per forward pass")
+    policy_samples: int = Field(
+        0,
+        ge=0,
+        description="built-in pairs: also sample this many answers per training prompt from "
+        "the policy `rlhf train` starts from (temperature 1); its wrong ones become rejected "
+        "answers of kind policy_sample, and its mistakes on held-out prompts are measured",
+    )
     max_length: int = Field(256, gt=0, description="tokens per row; longer rows keep the end")
 
 
@@ -177,16 +184,36 @@ class RewardModelTrainingConfig(LearnerConfig):
         description="None: the policy `rlhf train` starts from (model.*, warm_start.*) with a "
         "fresh score head; or a policy or reward-model folder",
     )
-    steps: int = Field(2000, gt=0, description="optimizer steps")
+    backbone_warm_start_steps: int | None = Field(
+        3000,
+        ge=0,
+        description="with init_from None: the default model warm-started this many supervised "
+        "steps (warm_start.* otherwise), so the reward model can judge the policy's mistakes "
+        "better than the policy makes them; None: exactly the policy `rlhf train` starts from",
+    )
+    extra_layers: int = Field(
+        2,
+        ge=0,
+        description="decoder layers added on top of a policy backbone, starting as the "
+        "identity: room to check an answer after the layers that form it",
+    )
+    steps: int = Field(1500, gt=0, description="optimizer steps")
     batch_size: int = Field(64, gt=0, description="pairs per optimizer step")
     micro_batch_size: int = Field(64, gt=0, description="pairs per forward/backward")
-    lr: float = Field(5e-4, gt=0)
+    lr: float = Field(3e-4, gt=0)
     warmup_iterations: int = Field(20, ge=0, description="linear lr warm-up, in steps")
     held_out_fraction: float = Field(
         0.1, ge=0, lt=1, description="pairs file: the fraction of prompts held out"
     )
     rejected_per_prompt: int = Field(
-        2, gt=0, description="built-in pairs: wrong answers per prompt"
+        6, gt=0, description="built-in pairs: wrong answers per training prompt"
+    )
+    policy_samples: int = Field(
+        0,
+        ge=0,
+        description="built-in pairs: also sample this many answers per training prompt from "
+        "the policy `rlhf train` starts from (temperature 1); its wrong ones become rejected "
+        "answers of kind policy_sample, and its mistakes on held-out prompts are measured",
     )
     max_length: int = Field(256, gt=0, description="tokens per row; longer rows keep the end")
     seed: int = 0

@@ -19,7 +19,9 @@ from rlhf.models.reward_model import (
     ScalarReward,
     encode,
     init_from_folder,
+    load_reward_model,
     pad_id_of,
+    score_rows,
 )
 from rlhf.rewards.bradley_terry import bradley_terry_loss, pair_accuracy
 from rlhf.rewards.builtin import addition_exact
@@ -27,6 +29,7 @@ from rlhf.rewards.pairs import (
     WRONG_ANSWERS,
     PairsFileError,
     read_pairs,
+    sampled_pairs,
     split_by_prompt,
     task_pairs,
     wrong_answers,
@@ -110,6 +113,17 @@ def _write(tmp_path, lines: list[str]):
     f = tmp_path / "pairs.jsonl"
     f.write_text("\n".join(lines) + "\n")
     return f
+
+
+def test_sampled_pairs_keep_each_distinct_wrong_answer_once():
+    prompts = ["1+2=", "1+2=", "1+2=", "1+2=", "5+5="]
+    answers = ["3", "3", "3", "3", "10"]
+    samples = ["3", " 4", "4", "x7", "10"]  # right, wrong twice (once with a space), junk, right
+    pairs = sampled_pairs(prompts, answers, samples)
+    assert [(p.prompt, p.chosen, p.rejected, p.kind) for p in pairs] == [
+        ("1+2=", "3", "4", "policy_sample"),
+        ("1+2=", "3", "x7", "policy_sample"),
+    ]
 
 
 def test_pairs_file_is_read_and_split_by_prompt(tmp_path):
@@ -242,6 +256,30 @@ def test_an_unusable_folder_is_an_error_naming_the_field(tmp_path, rm_folder):
 
 
 # ---------------------------------------------------------------- config
+def test_identity_layers_leave_the_scores_unchanged_until_trained(rm_folder, tmp_path):
+    """The added layers' output projections are zero, so they add exactly 0 to the residual
+    stream: every score is bit-identical, and the saved deeper model loads back as such."""
+    from rlhf.models.grow import add_identity_layers
+
+    model, tokenizer = load_reward_model(rm_folder, "f")
+    rows = encode(tokenizer, ["12+34=", "5+5="], ["46", "1"], 64)
+    pad = pad_id_of(tokenizer)
+    before = score_rows(model, rows, pad, batch_size=2)
+    depth = model.classifier.config.num_hidden_layers
+    add_identity_layers(model.classifier, 2, seed=0)
+    assert len(model.classifier.model.layers) == depth + 2
+    assert score_rows(model, rows, pad, batch_size=2) == before
+    model.classifier.save_pretrained(tmp_path / "deeper")
+    tokenizer.save_pretrained(tmp_path / "deeper")
+    reloaded, _ = load_reward_model(tmp_path / "deeper", "f")
+    assert reloaded.classifier.config.num_hidden_layers == depth + 2
+    assert score_rows(reloaded, rows, pad, batch_size=2) == before
+    # and the new layers can change them once trained (here: a non-zero output projection)
+    with torch.no_grad():
+        model.classifier.model.layers[-1].mlp.down_proj.weight.normal_()
+    assert score_rows(model, rows, pad, batch_size=2) != before
+
+
 def test_config_needs_a_function_or_a_model_and_names_the_fields():
     with pytest.raises(ConfigError, match=r"reward\.functions and reward\.models are both empty"):
         load_config(None, ["reward.functions=[]"])
@@ -257,6 +295,15 @@ def test_config_needs_a_function_or_a_model_and_names_the_fields():
 
 # ---------------------------------------------------------------- end to end (slow)
 RM_STEPS = 600
+# The CI tier: the policy's own backbone (built and cached by other tests), no extra layers,
+# two wrong answers per prompt. The defaults (a backbone warm-started 3000 steps, two extra
+# layers, six wrong answers per prompt) take ~10 minutes here: the `long` test runs them.
+CHEAP_RM = (
+    "reward_model_training.backbone_warm_start_steps=null",
+    "reward_model_training.extra_layers=0",
+    "reward_model_training.rejected_per_prompt=2",
+    "reward_model_training.lr=5e-4",
+)
 RL_ITERATIONS = 30
 EVAL_PROMPTS = 256
 
@@ -280,6 +327,7 @@ def trained_rm(tmp_path_factory) -> tuple[str, dict, str]:
         "train-rm",
         f"reward_model_training.output_dir={out}",
         f"reward_model_training.steps={RM_STEPS}",
+        *CHEAP_RM,
         timeout=900,
     )
     return str(out), json.loads((out / METRICS_FILE).read_text()), proc.stdout

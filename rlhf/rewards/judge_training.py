@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from rlhf.config import Config
+from rlhf.models.grow import add_identity_layers
 from rlhf.models.logprobs import model_logits, model_token_logprobs, pad_rows
 from rlhf.rewards.verdicts import DEFAULT_TEMPLATE, Verdict, fill_template
 from rlhf.types import Prompt
@@ -88,23 +89,6 @@ def both_orders(pairs: Sequence[tuple[str, str, str]], template: str) -> list[tu
         out.append((fill_template(template, prompt, right, wrong), "A"))
         out.append((fill_template(template, prompt, wrong, right), "B"))
     return out
-
-
-def add_identity_layers(model, extra: int, seed: int) -> None:
-    """Append `extra` Llama-style decoder layers whose output projections start at zero: the
-    model computes exactly what it did, and training gives the new layers their job."""
-    layers = model.model.layers
-    g = torch.Generator().manual_seed(seed)
-    std = model.config.initializer_range
-    for _ in range(extra):
-        layer = type(layers[-1])(model.config, layer_idx=len(layers))
-        for name, param in layer.named_parameters():
-            if name.endswith(("o_proj.weight", "down_proj.weight")):
-                torch.nn.init.zeros_(param)
-            elif param.dim() == 2:
-                param.data.copy_(torch.randn(param.shape, generator=g) * std)
-        layers.append(layer)
-    model.config.num_hidden_layers = len(layers)
 
 
 def _verdict_ids(tokenizer) -> dict[Verdict, int]:

@@ -158,10 +158,15 @@ def wrong_answers(answer: str, k: int, rng: np.random.Generator) -> list[tuple[s
     return [(kind, text) for text, kind in found.items()]
 
 
-def task_pairs(task: Task, rejected_per_prompt: int, seed: int) -> tuple[list[Pair], list[Pair]]:
-    """(training pairs on the task's training prompts, held-out pairs on its eval prompts)."""
+HELD_OUT_REJECTED_PER_PROMPT = 2
 
-    def build(prompts, rng) -> list[Pair]:
+
+def task_pairs(task: Task, rejected_per_prompt: int, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """(training pairs on the task's training prompts, held-out pairs on its eval prompts).
+    The held-out pairs are the same whatever `rejected_per_prompt` is (two per prompt), so
+    accuracies of models trained with different settings compare."""
+
+    def build(prompts, rng, rejected_per_prompt: int) -> list[Pair]:
         out = []
         for prompt in prompts:
             answer = task.target(prompt).strip()
@@ -177,4 +182,23 @@ def task_pairs(task: Task, rejected_per_prompt: int, seed: int) -> tuple[list[Pa
     rng = np.random.default_rng(seed)
     # separate streams: the held-out pairs do not depend on how many training prompts exist
     train_rng, held_rng = (np.random.default_rng(s) for s in rng.integers(2**32, size=2))
-    return build(task.train_prompts, train_rng), build(task.eval_prompts, held_rng)
+    return (
+        build(task.train_prompts, train_rng, rejected_per_prompt),
+        build(task.eval_prompts, held_rng, HELD_OUT_REJECTED_PER_PROMPT),
+    )
+
+
+def sampled_pairs(
+    prompts: list[str], answers: list[str], completions: list[str], kind: str = "policy_sample"
+) -> list[Pair]:
+    """Pairs from a policy's own samples: each distinct wrong completion of a prompt (text
+    stripped, compared with the right answer) against that answer. The rejected answers are
+    then the mistakes the policy makes, in the proportions it makes them."""
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for prompt, answer, completion in zip(prompts, answers, completions, strict=True):
+        text = completion.strip()
+        if text != answer and (prompt, text) not in seen:
+            seen.add((prompt, text))
+            out.append(Pair(prompt, answer, text, kind))
+    return out

@@ -24,7 +24,7 @@ from rlhf.config import Config, ConfigError, RewardModelTrainingConfig, dump_con
 from rlhf.models.logprobs import pad_rows
 from rlhf.models.reward_model import ScalarReward, encode, init_from_folder, pad_id_of
 from rlhf.rewards.bradley_terry import bradley_terry_loss, pair_accuracy
-from rlhf.rewards.pairs import Pair, read_pairs, split_by_prompt, task_pairs
+from rlhf.rewards.pairs import Pair, read_pairs, sampled_pairs, split_by_prompt, task_pairs
 from rlhf.rewards.reward_model import RewardModelScorer
 
 METRICS_FILE = "reward_model_metrics.json"
@@ -36,7 +36,11 @@ def _initial_folder(cfg: Config) -> str:
     if path is None:
         from rlhf.models.default_model import prepare_model
 
-        return prepare_model(cfg)  # the policy `rlhf train` builds (cached)
+        steps = cfg.reward_model_training.backbone_warm_start_steps
+        if steps is not None and cfg.model.path is None:
+            warm = cfg.warm_start.model_copy(update={"steps": steps})
+            cfg = cfg.model_copy(update={"warm_start": warm})
+        return prepare_model(cfg)  # built like the policy `rlhf train` starts from (cached)
     folder = Path(path).expanduser()
     if not (folder / "config.json").is_file():
         raise ConfigError(
@@ -44,6 +48,23 @@ def _initial_folder(cfg: Config) -> str:
             "folder (no config.json)"
         )
     return str(folder)
+
+
+HELD_OUT_POLICY_SAMPLES = 4  # answers per held-out prompt sampled for the policy-mistake check
+
+
+def policy_mistakes(cfg: Config, prompts, samples: int, seed: int) -> list[Pair]:
+    """The starting policy's own wrong answers on `prompts` (`samples` draws each, plain
+    transformers at temperature 1) against the right answers."""
+    from rlhf.data.tasks import make_task
+    from rlhf.models.default_model import prepare_model
+    from rlhf.winrate import sample_completions
+
+    task = make_task(cfg.task)
+    texts = [p.text for p in prompts for _ in range(samples)]
+    answers = [task.target(p).strip() for p in prompts for _ in range(samples)]
+    completions = sample_completions(prepare_model(cfg), texts, task.max_new_tokens, 1.0, seed)
+    return sampled_pairs(texts, answers, completions)
 
 
 def load_pairs(cfg: Config) -> tuple[list[Pair], list[Pair], str]:
@@ -56,6 +77,8 @@ def load_pairs(cfg: Config) -> tuple[list[Pair], list[Pair], str]:
 
     task = make_task(cfg.task)
     train, held = task_pairs(task, s.rejected_per_prompt, s.seed)
+    if s.policy_samples:
+        train += policy_mistakes(cfg, task.train_prompts, s.policy_samples, s.seed)
     return train, held, f"task:{task.name}"
 
 
@@ -204,6 +227,10 @@ def train_reward_model(cfg: Config) -> dict[str, Any]:
     chosen = encode(tokenizer, prompts, [p.chosen for p in train_pairs], s.max_length)
     rejected = encode(tokenizer, prompts, [p.rejected for p in train_pairs], s.max_length)
     model = init_from_folder(init, pad)
+    if s.extra_layers:
+        from rlhf.models.grow import add_identity_layers
+
+        add_identity_layers(model.classifier, s.extra_layers, s.seed)
     out = Path(s.output_dir).expanduser()
     t0 = time.perf_counter()
     with single_rank_engine(model, s, cfg.model.dtype) as engine:
@@ -216,10 +243,19 @@ def train_reward_model(cfg: Config) -> dict[str, Any]:
     sample = np.random.default_rng(s.seed).permutation(len(train_pairs))[:TRAIN_ACCURACY_PAIRS]
     held = measure(scorer, held_out)
     seen = measure(scorer, [train_pairs[i] for i in sample])
+    on_policy_mistakes = math.nan  # only with built-in pairs and policy_samples
+    if s.pairs is None and s.policy_samples:
+        from rlhf.data.tasks import make_task
+
+        mistakes = policy_mistakes(
+            cfg, make_task(cfg.task).eval_prompts, HELD_OUT_POLICY_SAMPLES, s.seed + 1
+        )
+        on_policy_mistakes = measure(scorer, mistakes)["accuracy"]
     metrics: dict[str, Any] = {
         "held_out_accuracy": held["accuracy"],
         "held_out_pairs": held["pairs"],
         "held_out_accuracy_by_kind": held.get("accuracy_by_kind", {}),
+        "held_out_policy_mistake_accuracy": on_policy_mistakes,
         "train_accuracy": seen["accuracy"],
         "train_accuracy_pairs": seen["pairs"],
         "train_accuracy_by_kind": seen.get("accuracy_by_kind", {}),
@@ -251,6 +287,11 @@ def format_metrics(m: dict[str, Any]) -> str:
         lines.append(
             "[rlhf]   by kind: "
             + ", ".join(f"{k} {v:.3f}" for k, v in m["held_out_accuracy_by_kind"].items())
+        )
+    if math.isfinite(m.get("held_out_policy_mistake_accuracy", math.nan)):
+        lines.append(
+            "[rlhf]   against the starting policy's own mistakes on held-out prompts: "
+            "{:.3f}".format(m["held_out_policy_mistake_accuracy"])
         )
     lines += [
         "[rlhf] train pair accuracy: {:.3f} ({} pairs); train loss (last 10% of steps): {:.4f}".format(
