@@ -197,7 +197,7 @@ class RewardModelTrainingConfig(LearnerConfig):
         description="decoder layers added on top of a policy backbone, starting as the "
         "identity: room to check an answer after the layers that form it",
     )
-    steps: int = Field(1500, gt=0, description="optimizer steps")
+    steps: int = Field(4000, gt=0, description="optimizer steps")
     batch_size: int = Field(64, gt=0, description="pairs per optimizer step")
     micro_batch_size: int = Field(64, gt=0, description="pairs per forward/backward")
     lr: float = Field(3e-4, gt=0)
@@ -206,7 +206,7 @@ class RewardModelTrainingConfig(LearnerConfig):
         0.1, ge=0, lt=1, description="pairs file: the fraction of prompts held out"
     )
     rejected_per_prompt: int = Field(
-        6, gt=0, description="built-in pairs: wrong answers per training prompt"
+        8, gt=0, description="built-in pairs: wrong answers per training prompt"
     )
     policy_samples: int = Field(
         0,

@@ -38,7 +38,7 @@ EVAL_PROMPTS, EVAL_SAMPLES = 512, 4
 CI_RUN = ["rollout.prompts_per_iteration=32", "rollout.samples_per_prompt=4", "run.iterations=300"]
 # The long tier: 500 iterations of the default batch (64 prompts x 8 samples; nash_md's own
 # shape below), every judged pair where the algorithm builds pairs
-LONG_RUN = ["run.iterations=500"]
+LONG_RUN = ["run.iterations=500", "run.eval_prompts=512"]  # exactly the study's runs
 MIN_WIN_RATE = 0.6
 
 ALGORITHMS = {
