@@ -34,13 +34,14 @@ VARIANTS: dict[str, list[str]] = {
         "rollout.prompts_per_iteration=256",
     ],
 }
-# The long schedule (500 iterations) with every judged pair: what clears a 0.6 win rate
+# Longer schedules (500 iterations, every judged pair; Nash-MD 700): what clears a 0.6 win rate
 LONG = ["run.iterations=500"]
 VARIANTS |= {
     "online_dpo_all_500": [*VARIANTS["online_dpo_all"], *LONG],
     "ipo_all_500": ["algorithm.name=ipo", "algorithm.pairs=all", *LONG],
     "ipo_md_all_500": ["algorithm.name=ipo_md", "algorithm.pairs=all", *LONG],
     "nash_md_500": [*VARIANTS["nash_md"], *LONG],
+    "nash_md_700": [*VARIANTS["nash_md"], "run.iterations=700"],
 }
 EVAL_PROMPTS, EVAL_SAMPLES = 512, 4
 
