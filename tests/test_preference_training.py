@@ -118,6 +118,7 @@ def test_mixture_algorithms_run_end_to_end(tmp_path, name):
 
 
 @pytest.mark.long
+@pytest.mark.timeout(5400)  # 15 to 30 minutes each here, past the suite's 900 s per test
 @pytest.mark.parametrize("name", list(ALGORITHMS))
 def test_preference_algorithm_full_run_wins(tmp_path, name):
     _, result = train_and_judge(tmp_path, name, *LONG_RUN[name])

@@ -442,6 +442,7 @@ MIN_EXACT_RISE = 0.03
 
 
 @pytest.mark.long
+@pytest.mark.timeout(7200)  # train-rm alone takes 10 to 25 minutes here (plus its backbone)
 def test_pipeline_reward_model_then_grpo_raises_exact_match(tmp_path):
     """The issue's pipeline with every default: `rlhf train-rm` (pairs from the task, the
     default backbone and steps), then GRPO against the model alone, the exact-match reward
