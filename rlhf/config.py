@@ -114,13 +114,6 @@ class RewardModelConfig(Section):
     path: str = Field(..., description="the reward model's Hugging Face folder")
     weight: float = 1.0
     batch_size: int = Field(64, gt=0, description="rows per forward pass")
-    policy_samples: int = Field(
-        0,
-        ge=0,
-        description="built-in pairs: also sample this many answers per training prompt from "
-        "the policy `rlhf train` starts from (temperature 1); its wrong ones become rejected "
-        "answers of kind policy_sample, and its mistakes on held-out prompts are measured",
-    )
     max_length: int = Field(256, gt=0, description="tokens per row; longer rows keep the end")
 
 
