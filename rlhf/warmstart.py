@@ -30,6 +30,18 @@ def _encode(task: Task, tokenizer) -> list[tuple[list[int], int]]:
     return out
 
 
+def supervised_step(model, opt, sched, ids, mask, target) -> float:
+    """One step on the mean negative log-likelihood of the tokens `target` marks (1 = in the
+    loss), gradients clipped to norm 1; returns the loss."""
+    loss = -(model_token_logprobs(model, ids, mask) * target).sum() / target.sum()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    return loss.item()
+
+
 def _lr_factor(step: int, total: int) -> float:
     warmup = max(1, min(20, total // 10))
     if step < warmup:
@@ -65,14 +77,7 @@ def warm_start(
         target = mask.float()
         for row, i in enumerate(idx):
             target[row, : examples[i][1]] = 0.0  # no loss on the prompt
-        lp = model_token_logprobs(model, ids, mask)
-        loss = -(lp * target).sum() / target.sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+        losses.append(supervised_step(model, opt, sched, ids, mask, target))
     model.save_pretrained(model_path, safe_serialization=True)
     tail = losses[-max(1, len(losses) // 10) :]
     accuracy = greedy_accuracy(

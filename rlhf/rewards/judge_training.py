@@ -26,10 +26,10 @@ import torch
 
 from rlhf.config import Config
 from rlhf.models.grow import add_identity_layers
-from rlhf.models.logprobs import model_logits, model_token_logprobs, pad_rows
+from rlhf.models.logprobs import model_logits, pad_rows
 from rlhf.rewards.verdicts import DEFAULT_TEMPLATE, Verdict, fill_template
 from rlhf.types import Prompt
-from rlhf.warmstart import _lr_factor
+from rlhf.warmstart import _lr_factor, supervised_step
 
 MISTAKES = (
     "plus_one",
@@ -165,13 +165,7 @@ def train_addition_judge(
         target = torch.zeros_like(mask, dtype=torch.float32)
         for row, start in enumerate(starts):
             target[row, start : start + 2] = 1.0  # the verdict and EOS only
-        loss = -(model_token_logprobs(model, ids, mask) * target).sum() / target.sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+        losses.append(supervised_step(model, opt, sched, ids, mask, target))
     out = Path(out_dir)
     if out.exists():
         shutil.rmtree(out)
