@@ -65,6 +65,9 @@ FROM_MIXTURE = declare(
     np.float32,
     "1 if sampled from the policy/reference mixture: its sampler log-probs are the mixture's",
 )
+SAMPLE_VERSION = declare(
+    "sample_version", "sequence", np.int64, "the policy version whose weights generated the row"
+)
 REWARDS = declare("rewards", "sequence", np.float32, "scalar reward; NaN = no valid reward")
 REF_LOGPROBS = declare("ref_logprobs", "token", np.float32, "frozen reference's log-probs")
 OLD_LOGPROBS = declare("old_logprobs", "token", np.float32, "learner's log-probs before update")
@@ -341,6 +344,7 @@ def collate_rollouts(rollouts: list[Rollout], pad_id: int, first_unit: int = 0) 
     truncated: list[float] = []
     units: list[int] = []
     mixture: list[float] = []
+    versions: list[int] = []
     offset = first_unit
     for r in rollouts:
         for i, (p, c) in enumerate(zip(r.prompt_ids, r.completion_ids, strict=True)):
@@ -350,6 +354,7 @@ def collate_rollouts(rollouts: list[Rollout], pad_id: int, first_unit: int = 0) 
             truncated.append(float(r.finish_reasons[i] == "length"))
             units.append(offset + r.prompt_index[i])
             mixture.append(float(r.from_mixture[i]) if r.from_mixture else 0.0)
+            versions.append(r.policy_version)
         offset += max(r.prompt_index, default=-1) + 1
     b, t = len(rows), max(len(x) for x in rows)
     input_ids = np.full((b, t), pad_id, dtype=np.int64)
@@ -367,6 +372,7 @@ def collate_rollouts(rollouts: list[Rollout], pad_id: int, first_unit: int = 0) 
         "completion_mask": completion_mask,
         "sampler_logprobs": sampler_lp,
         "truncated": np.asarray(truncated, dtype=np.float32),
+        "sample_version": np.asarray(versions, dtype=np.int64),
     }
     if any(r.from_mixture for r in rollouts):
         columns["from_mixture"] = np.asarray(mixture, dtype=np.float32)

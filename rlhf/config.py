@@ -26,6 +26,16 @@ class PoolConfig(Section):
     workers: int = Field(1, ge=0, description="Ray actors in this pool")
     num_cpus: float = Field(1.0, ge=0, description="Ray CPUs reserved per actor")
     num_gpus: float = Field(0.0, ge=0, description="Ray GPUs reserved per actor")
+    colocated: bool = Field(
+        False,
+        description="share the machine with the other colocated pools: they take turns within "
+        "an iteration and each computes on all of its cores (topology.colocated_threads) in its "
+        "turn; False: compute on this pool's own reservation (num_cpus), at the same time as "
+        "other pools",
+    )
+
+
+POOLS = ("rollout", "learner", "reference", "reward", "critic")
 
 
 class TopologyConfig(Section):
@@ -36,6 +46,19 @@ class TopologyConfig(Section):
     critic: PoolConfig = Field(
         PoolConfig(workers=1), description="value-model ranks; started only by ppo"
     )
+    colocate_all: bool = Field(False, description="every pool colocated (their flags ignored)")
+    colocated_threads: int | None = Field(
+        None,
+        ge=1,
+        description="threads a colocated pool's actor computes with in its turn; None: every "
+        "core the process may run on",
+    )
+
+    def is_colocated(self, pool: str) -> bool:
+        return self.colocate_all or getattr(self, pool).colocated
+
+    def colocated_pools(self) -> list[str]:
+        return [p for p in POOLS if self.is_colocated(p)]
 
     @model_validator(mode="after")
     def _at_least_one(self) -> TopologyConfig:
@@ -100,6 +123,19 @@ class RolloutConfig(Section):
     kv_cache_bytes: int = Field(256 * 2**20, gt=0, description="vLLM KV cache per engine (CPU)")
     gpu_memory_utilization: float = Field(0.4, gt=0, le=1)
     enforce_eager: bool = True
+    max_staleness: int = Field(
+        0,
+        ge=0,
+        description="0: generate each batch with the weights being trained (synchronous); k: "
+        "generation runs up to k batches ahead while the learner trains, and no sample is "
+        "trained on more than k policy versions after the weights that generated it",
+    )
+    prompts_per_call: int | None = Field(
+        None,
+        gt=0,
+        description="prompts (whole groups) per generate call handed to a free rollout "
+        "worker; None: a batch's prompts split evenly, one call per worker",
+    )
 
 
 class RewardFunctionConfig(Section):
@@ -267,6 +303,7 @@ class Config(Section):
                 f"topology.reference.workers must be >= 1: {self.algorithm.name} with "
                 f"beta={self.algorithm.beta} uses the reference model"
             )
+        self._check_overlap()
         n = self.rollout.samples_per_prompt
         for section in ("learner", "critic"):
             if getattr(self, section).micro_batch_size < n:
@@ -276,6 +313,26 @@ class Config(Section):
                     "micro-batch"
                 )
         return self
+
+    def _check_overlap(self) -> None:
+        """Asynchronous generation runs the rollout pool beside every other pool, so none
+        may take all the cores in its turn. The off-policy correction's cap follows the mode."""
+        k = self.rollout.max_staleness
+        colocated = self.topology.colocated_pools()
+        if k > 0 and colocated:
+            raise ValueError(
+                f"rollout.max_staleness={k} generates while the other pools work, so no pool can "
+                f"take turns on shared cores: set topology.{{{', '.join(colocated)}}}.colocated "
+                "to false, or rollout.max_staleness to 0"
+            )
+        if getattr(self.algorithm, "importance_sampling_cap", 0.0) is None:
+            self.algorithm.importance_sampling_cap = STALE_IMPORTANCE_CAP if k > 0 else 0.0
+
+
+# The truncated importance weight's cap for samples of an older policy (asynchronous
+# generation): weights above 2 come from tokens the learner now finds far likelier than the
+# sampler did, whose variance would dominate the step.
+STALE_IMPORTANCE_CAP = 2.0
 
 
 # ---------------------------------------------------------------- loading

@@ -1,11 +1,17 @@
-"""The controller: drives one synchronous iteration after another over the actor pools.
+"""The controller: drives one iteration after another over the actor pools.
 
-    generate (rollout pool)
-    -> the stages the algorithm needs, at once: rewards (reward pool), reference log-probs
+    generate (rollout pool, through the rollout scheduler)
+    -> the stages the algorithm needs: rewards (reward pool), reference log-probs
        (reference pool), old log-probs (learner pool), values (critic pool)
     -> algorithm.prepare (advantages, returns, loss weights; numpy, here)
-    -> train: learner and critic pools at once, each on its planned shards
+    -> train: learner and critic pools, each on its planned shards
     -> weight sync (learner rank 0 -> every rollout worker)
+
+Pools that are not colocated work at the same time (the stages, learner and critic);
+colocated pools take turns, each on all the cores they share. With
+`rollout.max_staleness = k > 0` the next k batches are submitted before training, so the
+rollout workers generate them while the learner trains; no sample is trained on more than k
+versions after the weights that generated it.
 
 It never touches model weights: they flow from the learner to the rollout engines directly.
 """
@@ -24,9 +30,10 @@ from rlhf.algorithms import make_algorithm
 from rlhf.algorithms.base import STAGE_COLUMNS
 from rlhf.batch import TrainBatch, collate_rollouts, plan_shards
 from rlhf.config import Config, dump_config
-from rlhf.dispatch import Pending, Pool, wait_all
+from rlhf.dispatch import Pending, Pool
 from rlhf.metrics import MetricsLog, combine, console_line, mean_over
 from rlhf.pools import Pools
+from rlhf.scheduler import RolloutScheduler
 from rlhf.stages import (
     OldLogprobStage,
     PreferenceStage,
@@ -38,6 +45,7 @@ from rlhf.stages import (
     rollout_metrics,
 )
 from rlhf.types import Prompt
+from rlhf.workers.rollout import uses_sleep_mode
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +62,8 @@ class Trainer:
         self.algorithm = make_algorithm(cfg.algorithm, cfg.rollout.max_new_tokens)
         self.policy_version = 0
         self.pools: Pools | None = None
+        self.scheduler: RolloutScheduler | None = None
+        self._ahead: dict[int, tuple[list[Prompt], int]] = {}  # batches submitted early
         self.metrics = MetricsLog(run_dir)
         self.timeout = cfg.run.call_timeout_s
         (run_dir / "config.yaml").write_text(dump_config(cfg))
@@ -61,6 +71,8 @@ class Trainer:
     # ------------------------------------------------------------------ set-up
     def start(self) -> None:
         self.pools = Pools.start(self.cfg, self.model_path, self.algorithm.needs)
+        self.scheduler = RolloutScheduler(self.pools.rollout, self.cfg.rollout.prompts_per_call)
+        self._sleeps = uses_sleep_mode(self.cfg)
 
     def _stages(self, columns: set[str] | frozenset[str]) -> list[Stage]:
         assert self.pools is not None
@@ -76,14 +88,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ one iteration
     def iteration(self, it: int) -> dict[str, Any]:
-        assert self.pools is not None
+        assert self.pools is not None and self.scheduler is not None
         cfg, algo = self.cfg, self.algorithm
         record: dict[str, Any] = {"iteration": it, "policy_version": self.policy_version}
         started = time.perf_counter()
 
         t0 = time.perf_counter()
-        sampled = self._sample(cfg.rollout.prompts_per_iteration, it, 0)
+        sampled = self._batch(it)
         record["time/generate"] = time.perf_counter() - t0
+        # Asynchronous generation: the next batches are generated while this one trains.
+        for ahead in range(it + 1, min(it + cfg.rollout.max_staleness, cfg.run.iterations - 1) + 1):
+            self._submit_batch(ahead)
         needs = set(algo.needs)
         if algo.refill_rounds > 0:
             sampled, refill_metrics = self._refill(sampled, it)
@@ -91,12 +106,7 @@ class Trainer:
             needs.discard("rewards")
         record.update(self._run_stages(needs, sampled))
         record.update(rollout_metrics(sampled))
-        # Invariant: in synchronous mode every sample comes from the weights being trained.
-        stale = [r.worker for r in sampled.rollouts if r.policy_version != self.policy_version]
-        if stale:
-            raise RuntimeError(
-                f"rollouts from {stale} are stale (learner is at {self.policy_version})"
-            )
+        record.update(self._check_staleness(sampled))
 
         batch, arranged = algo.arrange(sampled.batch, sampled.comparisons)
         record.update(arranged)
@@ -107,21 +117,32 @@ class Trainer:
         skip = float(batch["loss_weights"].sum()) == 0.0
         record["train/skipped"] = float(skip)
         train_policy = not algo.critic_only(it) and not skip
-        pending: list[Pending] = []
+        trained: list[tuple[Pool, int]] = []
         if train_policy:
-            pending.append(self._train(self.pools.learner, batch, cfg.learner.micro_batch_size))
+            trained.append((self.pools.learner, cfg.learner.micro_batch_size))
         if algo.trains_critic and not skip:
-            pending.append(self._train(self.pools.critic, batch, cfg.critic.micro_batch_size))
-        for part in wait_all(pending, self.timeout, "train_step"):
-            record.update(combine(part))
+            trained.append((self.pools.critic, cfg.critic.micro_batch_size))
+        if self._sleeps:  # colocated on GPUs: the engines make room for training
+            self.pools.rollout.call_all("sleep").wait(self.timeout)
+        for turn in self._turns(trained, lambda p: p[0]):
+            pending = [self._train(pool, batch, mbs) for pool, mbs in turn]
+            for part in self.scheduler.wait(pending, self.timeout, "train_step"):
+                record.update(combine(part))
+        if self._sleeps:
+            self.pools.rollout.call_all("wake_up").wait(self.timeout)
         record["time/train"] = time.perf_counter() - t0
         _derive_sampler_gap(record)
 
-        t0 = time.perf_counter()
         if train_policy:
+            t0 = time.perf_counter()
+            self.scheduler.drain(self.timeout)  # a sync lands between generate calls
+            record["time/sync_wait"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
             self.policy_version += 1
-            self.pools.sync_weights(self.policy_version, self.timeout)
-        record["time/sync"] = time.perf_counter() - t0
+            stats = self.pools.sync_weights(self.policy_version, self.timeout)
+            record["time/sync"] = time.perf_counter() - t0
+            record["sync/bytes"] = stats.get("bytes", 0.0)
+            record["sync/send_seconds"] = stats.get("seconds", 0.0)
         record.update(algo.after_iteration(record))
         record["time/iteration"] = time.perf_counter() - started
         return record
@@ -132,24 +153,38 @@ class Trainer:
         shards = plan_shards(batch, len(pool), algo.mini_batches, micro_batch_size, algo.epochs)
         return pool.call_each("train_step", [(s,) for s in shards])
 
-    def _sample(self, num_prompts: int, it: int, round_: int) -> Sampled:
-        """Prompts for (iteration, round), a pure function of the seed, generated."""
+    def _prompts(self, num_prompts: int, it: int, round_: int) -> tuple[list[Prompt], int]:
+        """Prompts for (iteration, round) and their sampling seed: a pure function of the
+        run's seed, so a batch generated ahead is the batch a synchronous run would get."""
         seed = self.cfg.run.seed * 100_003 + it + 7919 * round_
         prompts = self.task.sample_train(num_prompts, seed=seed)
-        return self._generate(prompts, seed=self.cfg.run.seed * 1_000_003 + it * 1_009 + round_)
+        return prompts, self.cfg.run.seed * 1_000_003 + it * 1_009 + round_
 
-    def _generate(self, prompts: list[Prompt], seed: int, greedy: bool = False) -> Sampled:
-        assert self.pools is not None
+    def _submit_batch(self, it: int) -> None:
+        if it in self._ahead:
+            return
+        prompts, seed = self._prompts(self.cfg.rollout.prompts_per_iteration, it, 0)
+        self._ahead[it] = (prompts, self._submit(prompts, seed))
+
+    def _batch(self, it: int) -> Sampled:
+        """Iteration `it`'s batch: submitted earlier (asynchronous) or now, and collected."""
+        self._submit_batch(it)
+        prompts, rid = self._ahead.pop(it)
+        return self._collect(prompts, rid)
+
+    def _sample(self, num_prompts: int, it: int, round_: int) -> Sampled:
+        prompts, seed = self._prompts(num_prompts, it, round_)
+        return self._generate(prompts, seed)
+
+    def _submit(self, prompts: list[Prompt], seed: int, greedy: bool = False) -> int:
+        assert self.scheduler is not None
         n = 1 if greedy else self.cfg.rollout.samples_per_prompt
         ids = [self.tokenizer(p.text).input_ids for p in prompts]
-        # each prompt is a unit; parts are contiguous, so rollouts come back in prompt order
-        pending = self.pools.rollout.split(
-            "generate",
-            np.arange(len(ids)),
-            lambda rows: ([ids[i] for i in rows], n, seed + int(rows[0]), greedy),
-            what="evaluate" if greedy else "generate",
-        )
-        rollouts = pending.wait(self.timeout)
+        return self.scheduler.submit(ids, n, seed, greedy, "evaluate" if greedy else "generate")
+
+    def _collect(self, prompts: list[Prompt], rid: int) -> Sampled:
+        assert self.scheduler is not None
+        rollouts = self.scheduler.result(rid, self.timeout)  # in prompt order
         batch = collate_rollouts(rollouts, self.tokenizer.pad_token_id)
         return Sampled(
             prompts=prompts,
@@ -159,14 +194,57 @@ class Trainer:
             prompt_of_row=batch.units.copy(),
         )
 
+    def _generate(self, prompts: list[Prompt], seed: int, greedy: bool = False) -> Sampled:
+        return self._collect(prompts, self._submit(prompts, seed, greedy))
+
+    def _check_staleness(self, sampled: Sampled) -> dict[str, float]:
+        """Invariant: no sample is more than `rollout.max_staleness` versions behind the
+        weights being trained (0: every sample comes from them)."""
+        k = self.cfg.rollout.max_staleness
+        age = self.policy_version - sampled.batch["sample_version"]
+        if age.min() < 0 or age.max() > k:
+            bad = sorted(
+                {
+                    r.worker
+                    for r in sampled.rollouts
+                    if not 0 <= self.policy_version - r.policy_version <= k
+                }
+            )
+            raise RuntimeError(
+                f"rollouts from {bad} are {int(age.max())} versions old (learner at "
+                f"{self.policy_version}, rollout.max_staleness={k})"
+            )
+        return {
+            "rollout/staleness_mean": float(age.mean()),
+            "rollout/staleness_max": float(age.max()),
+        }
+
+    @staticmethod
+    def _turns(items: list, pool_of) -> list[list]:
+        """Items grouped into turns: every item on a pool that is not colocated in the first
+        turn (they run at the same time), each colocated pool's item in a turn of its own."""
+        shared = [x for x in items if not pool_of(x).colocated]
+        alone = [[x] for x in items if pool_of(x).colocated]
+        return ([shared] if shared else []) + alone
+
     def _run_stages(self, columns: set[str], sampled: Sampled) -> dict[str, float]:
-        """Submit every needed stage, then collect each: the pools work at the same time."""
-        stages = self._stages(columns)
-        pending = [stage.submit(sampled) for stage in stages]
+        """The needed stages: those on pools that are not colocated at the same time, while
+        each colocated pool's stage takes its turn alone."""
+        assert self.scheduler is not None
         metrics: dict[str, float] = {}
-        for stage, p in zip(stages, pending, strict=True):
-            metrics.update(stage.collect(p, sampled))
+        stages = self._stages(columns)
+        first, *rest = self._turns(stages, lambda st: st.pool) or [[]]
+        pending = [stage.submit(sampled) for stage in first]
+        for (stage,) in rest:
+            metrics.update(self._finish_stage(stage, stage.submit(sampled), sampled))
+        for stage, p in zip(first, pending, strict=True):
+            metrics.update(self._finish_stage(stage, p, sampled))
         return metrics
+
+    def _finish_stage(self, stage: Stage, pending: Pending, sampled: Sampled) -> dict[str, float]:
+        assert self.scheduler is not None
+        self.scheduler.wait([pending], self.timeout, pending.what)  # the workers stay fed
+        return stage.collect(pending, sampled)
 
     def _refill(self, first: Sampled, it: int) -> tuple[Sampled, dict[str, float]]:
         """Dynamic sampling with refill (DAPO): score, keep the units the algorithm keeps
@@ -212,7 +290,7 @@ class Trainer:
         prompts = self.task.eval_prompts[: self.cfg.run.eval_prompts]
         sampled = self._generate(prompts, seed=0, greedy=True)
         stage = RewardStage(self.pools.reward, self.timeout, functions=[self.task.default_reward])
-        stage.collect(stage.submit(sampled), sampled)
+        self._finish_stage(stage, stage.submit(sampled), sampled)
         return float(np.nanmean(sampled.batch["rewards"]))
 
     # ------------------------------------------------------------------ the run

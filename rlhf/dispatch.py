@@ -41,9 +41,12 @@ def wait_all(pendings: list[Pending], timeout_s: float, what: str) -> list[list[
 class Pool:
     """The actors of one role (rollout, reward, reference, learner, critic), by name."""
 
-    def __init__(self, role: str, actors: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, role: str, actors: dict[str, Any] | None = None, colocated: bool = False
+    ) -> None:
         self.role = role
         self.actors: dict[str, Any] = dict(actors or {})
+        self.colocated = colocated  # takes turns with the other colocated pools
 
     def __len__(self) -> int:
         return len(self.actors)
@@ -54,7 +57,7 @@ class Pool:
     def lead(self) -> Pool:
         """The pool's first actor alone (rank 0 of a DeepSpeed pool)."""
         name, actor = next(iter(self.actors.items()))
-        return Pool(self.role, {name: actor})
+        return Pool(self.role, {name: actor}, self.colocated)
 
     def call_all(self, method: str, *args: Any, what: str | None = None) -> Pending:
         """`method(*args)` on every actor (a collective, or a broadcast of settings)."""

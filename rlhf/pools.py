@@ -59,6 +59,8 @@ class Pools:
         connect(cfg, uses_reference, uses_critic)
         t, timeout = cfg.topology, cfg.run.call_timeout_s
         pools = cls(cfg)
+        for pool in pools.all():
+            pool.colocated = t.is_colocated(pool.role)
         ranked = [(pools.learner, LearnerWorker, t.learner)]
         if uses_critic:
             ranked.append((pools.critic, CriticWorker, t.critic))

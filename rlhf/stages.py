@@ -244,7 +244,11 @@ class ValueStage(ForwardStage):
 
 def rollout_metrics(s: Sampled) -> dict[str, float]:
     lengths = s.batch["completion_mask"].sum(axis=1)
+    busy: dict[str, float] = {}  # each worker's seconds generating this batch
+    for r in s.rollouts:
+        busy[r.worker] = busy.get(r.worker, 0.0) + r.seconds
     return {
+        "time/generate_busy": max(busy.values(), default=0.0),
         "rollout/tokens": float(lengths.sum()),
         "rollout/length_mean": float(lengths.mean()),
         "rollout/truncated_fraction": float(s.batch["truncated"].mean()),

@@ -31,6 +31,7 @@ class Rollout:
     worker: str = ""
     # per sample: drawn from the policy/reference mixture (IPO-MD, Nash-MD); empty: none were
     from_mixture: list[bool] = field(default_factory=list)
+    seconds: float = 0.0  # the worker's wall time for the call (generation and decoding)
 
     def __len__(self) -> int:
         return len(self.completion_ids)

@@ -93,3 +93,30 @@ def test_shipped_configs_load():
         for algo in ("ppo", "rloo", "reinforce_pp"):
             if stem.startswith(algo):
                 assert name == algo, (stem, name)
+
+
+def test_scheduling_settings_are_checked_and_resolved():
+    cfg = load_config(None, ["rollout.max_staleness=1"])
+    assert cfg.algorithm.importance_sampling_cap == 2.0  # stale samples are corrected
+    assert load_config(None).algorithm.importance_sampling_cap == 0.0  # synchronous: off
+    cfg = load_config(None, ["rollout.max_staleness=1", "algorithm.importance_sampling_cap=0"])
+    assert cfg.algorithm.importance_sampling_cap == 0.0  # an explicit choice stands
+    with pytest.raises(ConfigError, match=r"topology\.\{learner\}\.colocated"):
+        load_config(None, ["rollout.max_staleness=2", "topology.learner.colocated=true"])
+    cfg = load_config(None, ["topology.rollout.colocated=true", "topology.learner.colocated=true"])
+    assert cfg.topology.colocated_pools() == ["rollout", "learner"]
+
+
+def test_threads_follow_the_pools_turns():
+    import os
+
+    from rlhf.workers.common import compute_threads
+
+    t = load_config(None, ["topology.reference.num_cpus=0.5"]).topology
+    assert compute_threads("learner", t) == 1 and compute_threads("reference", t) == 1
+    t = load_config(None, ["topology.learner.colocated=true", "topology.learner.num_cpus=0.5"])
+    assert compute_threads("learner", t.topology) == len(os.sched_getaffinity(0))
+    assert compute_threads("rollout", t.topology) == 1
+    t = load_config(None, ["topology.colocate_all=true", "topology.colocated_threads=3"])
+    assert compute_threads("rollout", t.topology) == 3
+    assert t.topology.colocated_pools() == ["rollout", "learner", "reference", "reward", "critic"]

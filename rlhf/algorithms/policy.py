@@ -30,10 +30,11 @@ class PolicyGradientConfig(Section):
     mask_truncated_completions: bool = Field(
         False, description="no loss on completions cut at max_new_tokens (DAPO overlong masking)"
     )
-    importance_sampling_cap: float = Field(
-        0.0,
+    importance_sampling_cap: float | None = Field(
+        None,
         ge=0,
-        description="truncated importance weight min(pi_learner / pi_sampler, cap) per token; 0 = off",
+        description="truncated importance weight min(pi_learner / pi_sampler, cap) per token; "
+        "0 = off; None: 2 with rollout.max_staleness > 0 (samples of an older policy), else off",
     )
     entropy_coef: float = Field(0.0, ge=0, description="entropy bonus in the loss; 0 = off")
 
@@ -139,7 +140,7 @@ def policy_loss_terms(
         "policy/clip_fraction_high": (w * high).sum(),
         "policy/approx_kl": (w * (torch.exp(log_ratio) - 1.0 - log_ratio)).sum(),
     }
-    if cfg.importance_sampling_cap > 0:
+    if cfg.importance_sampling_cap:
         raw = torch.exp(old - mb["sampler_logprobs"]).detach()
         is_weight = raw.clamp(max=cfg.importance_sampling_cap)
         per_token = per_token * is_weight

@@ -11,10 +11,12 @@ def make_engine(
     model_path: str,
     seed: int,
     mixture_reference: str | None = None,
+    sleep_mode: bool = False,
 ) -> GenerationEngine:
     """The engine `rollout_cfg.engine` names; heavy imports happen only for the one chosen.
     `mixture_reference`: a reference model folder; the engine then also samples the
-    policy/reference geometric mixture (IPO-MD, Nash-MD; vLLM only)."""
+    policy/reference geometric mixture (IPO-MD, Nash-MD; vLLM only). `sleep_mode`: a vLLM
+    engine on GPU may free its memory between its turns (colocated pools)."""
     if mixture_reference is not None and rollout_cfg.engine != "vllm":
         raise ValueError(
             "rollout.engine must be 'vllm' to sample the policy/reference mixture "
@@ -31,6 +33,7 @@ def make_engine(
             enforce_eager=rollout_cfg.enforce_eager,
             gpu_memory_utilization=rollout_cfg.gpu_memory_utilization,
             mixture_reference=mixture_reference,
+            sleep_mode=sleep_mode,
         )
     if rollout_cfg.engine == "hf":
         from rlhf.engines.hf_engine import HFEngine

@@ -72,6 +72,7 @@ class VLLMEngine:
         cpu_threads: int | None = None,
         mixture_reference: str | None = None,
         max_logprobs: int | None = None,
+        sleep_mode: bool = False,
     ) -> None:
         """`mixture_reference`: a reference model folder (same tokenizer as the policy). With
         it, the engine samples the geometric mixture of the policy and the reference (see
@@ -79,7 +80,9 @@ class VLLMEngine:
         step and keep a KV cache each, so a fixed `kv_cache_bytes` holds half the tokens.
         None: a plain engine on the policy.
         `max_logprobs`: the most log-probs a request may ask for (vLLM's default when None;
-        -1 = the whole vocabulary, for tests that read full distributions)."""
+        -1 = the whole vocabulary, for tests that read full distributions).
+        `sleep_mode`: on GPU, let `sleep` free the engine's memory while colocated pools take
+        their turn (vLLM's sleep mode); on CPU memory is not partitioned, so it does nothing."""
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # before vllm's logger exists
         on_cpu = _is_cpu_platform()
         if on_cpu:
@@ -96,6 +99,9 @@ class VLLMEngine:
         kwargs = {"kv_cache_memory_bytes": kv_cache_bytes} if on_cpu else {}
         if max_logprobs is not None:
             kwargs["max_logprobs"] = max_logprobs
+        self.can_sleep = sleep_mode and not on_cpu
+        if self.can_sleep:
+            kwargs["enable_sleep_mode"] = True
         extension = EXTENSION
         self.mixture_reference = mixture_reference
         self._mixture_coef = 0.0  # b as last set in the worker (a mixture engine only)
@@ -200,6 +206,20 @@ class VLLMEngine:
             # between generate calls, so changing it here affects only the next call.
             self.llm.collective_rpc("rlhf_set_mixture_coef", args=(b,))
             self._mixture_coef = b
+
+    # ------------------------------------------------------------------ colocation (GPU)
+    def sleep(self) -> bool:
+        """Free the GPU memory of weights (offloaded to host) and KV cache while other
+        colocated pools compute (untested here: no GPU). Returns whether it slept."""
+        if self.can_sleep:
+            self.llm.sleep(level=1)
+        return self.can_sleep
+
+    def wake_up(self) -> bool:
+        """Back on the GPU, before a weight sync and generation."""
+        if self.can_sleep:
+            self.llm.wake_up()
+        return self.can_sleep
 
     # ------------------------------------------------------------------ weight sync
     def init_weight_sync(self, endpoint: SyncEndpoint) -> None:

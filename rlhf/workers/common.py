@@ -6,12 +6,26 @@ import logging
 import math
 import os
 
+from rlhf.config import TopologyConfig
 
-def setup_worker_process(num_cpus: float, seed: int) -> None:
-    """Threads follow the topology's CPU share; logs go to the Ray worker log with a prefix."""
+
+def compute_threads(role: str, topology: TopologyConfig) -> int:
+    """Threads an actor of pool `role` computes with. A colocated pool takes its turn alone on
+    the cores it shares with the other colocated pools, so it uses all of them; a pool that
+    may run at the same time as others keeps to its Ray reservation, so none oversubscribes
+    the cores."""
+    if topology.is_colocated(role):
+        return topology.colocated_threads or len(os.sched_getaffinity(0))
+    return max(1, math.ceil(getattr(topology, role).num_cpus))
+
+
+def setup_worker_process(role: str, topology: TopologyConfig, seed: int) -> int:
+    """Threads follow the topology (RLHF_TORCH_THREADS overrides); logs go to the Ray worker
+    log with a prefix. Returns the thread count."""
     import torch
 
-    threads = int(os.environ.get("RLHF_TORCH_THREADS", max(1, math.ceil(num_cpus))))
+    threads = int(os.environ.get("RLHF_TORCH_THREADS", compute_threads(role, topology)))
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return threads

@@ -17,7 +17,7 @@ import torch
 from rlhf.algorithms import make_algorithm
 from rlhf.algorithms.base import ForwardOutput
 from rlhf.batch import Shard
-from rlhf.config import Config, LearnerConfig, PoolConfig
+from rlhf.config import Config, LearnerConfig
 from rlhf.learner import export
 from rlhf.learner.deepspeed_setup import build_engine, init_process_group, resolve_backend
 from rlhf.learner.train_step import StepSettings, Tensors, forward_rows, train_on_shard
@@ -29,7 +29,7 @@ class DeepSpeedWorker(ABC):
     role: ClassVar[str]  # "learner" | "critic": its config section, pool and metric prefix
 
     def __init__(self, cfg: Config, rank: int, world_size: int, model_path: str) -> None:
-        setup_worker_process(self.pool(cfg).num_cpus, cfg.run.seed)
+        setup_worker_process(self.role, cfg.topology, cfg.run.seed)
         self.cfg = cfg
         self.rank, self.world_size = rank, world_size
         self.name = f"{self.role}-{rank}"
@@ -38,10 +38,6 @@ class DeepSpeedWorker(ABC):
         self.engine = None
 
     # ------------------------------------------------------------------ what differs
-    @classmethod
-    def pool(cls, cfg: Config) -> PoolConfig:
-        return getattr(cfg.topology, cls.role)
-
     @property
     def settings(self) -> LearnerConfig:
         return getattr(self.cfg, self.role)

@@ -15,7 +15,7 @@ class ReferenceWorker:
     def __init__(self, cfg: Config, index: int, model_path: str) -> None:
         from transformers import AutoModelForCausalLM
 
-        setup_worker_process(cfg.topology.reference.num_cpus, cfg.run.seed)
+        setup_worker_process("reference", cfg.topology, cfg.run.seed)
         self.name = f"reference-{index}"
         self.micro_batch_size = cfg.learner.micro_batch_size
         self.temperature = cfg.rollout.temperature

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 class RewardWorker:
     def __init__(self, cfg: Config, index: int) -> None:
-        setup_worker_process(cfg.topology.reward.num_cpus, cfg.run.seed)
+        setup_worker_process("reward", cfg.topology, cfg.run.seed)
         self.name = f"reward-{index}"
         self.on_error = cfg.reward.on_error
         self.rewards = [

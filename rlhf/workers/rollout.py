@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from rlhf.config import Config
 from rlhf.engines.base import Generation
 from rlhf.sync.buckets import ParamSpec
@@ -17,7 +19,7 @@ class RolloutWorker:
         from rlhf.algorithms import make_algorithm
         from rlhf.engines import make_engine
 
-        setup_worker_process(cfg.topology.rollout.num_cpus, cfg.run.seed + 7919 * (index + 1))
+        setup_worker_process("rollout", cfg.topology, cfg.run.seed + 7919 * (index + 1))
         self.cfg = cfg
         self.name = f"rollout-{index}"
         self.index = index
@@ -29,6 +31,7 @@ class RolloutWorker:
             model_path,
             seed=cfg.run.seed + index,
             mixture_reference=model_path if self.mixture is not None else None,
+            sleep_mode=uses_sleep_mode(cfg),
         )
         self.policy_version = 0
 
@@ -41,6 +44,7 @@ class RolloutWorker:
         """n samples per prompt, prompt-major. With a sampling mixture (IPO-MD, Nash-MD) the
         last `m` samples of each prompt come from the policy/reference mixture and the first
         n - m from the policy; greedy evaluation always uses the policy alone."""
+        started = time.perf_counter()
         r = self.cfg.rollout
         settings = dict(
             max_new_tokens=r.max_new_tokens,
@@ -78,7 +82,15 @@ class RolloutWorker:
             ),
             worker=self.name,
             from_mixture=from_mixture,
+            seconds=time.perf_counter() - started,
         )
+
+    def sleep(self) -> bool:
+        """Free the engine's GPU memory while colocated pools take their turn."""
+        return bool(getattr(self.engine, "sleep", lambda: False)())
+
+    def wake_up(self) -> bool:
+        return bool(getattr(self.engine, "wake_up", lambda: False)())
 
     def init_weight_sync(self, endpoint: SyncEndpoint) -> None:
         self.engine.init_weight_sync(endpoint)
@@ -91,6 +103,11 @@ class RolloutWorker:
     def shutdown(self) -> None:
         self.engine.close_weight_sync()
         self.engine.shutdown()
+
+
+def uses_sleep_mode(cfg: Config) -> bool:
+    """A colocated rollout pool on GPUs frees its memory while the other pools compute."""
+    return cfg.topology.is_colocated("rollout") and cfg.topology.rollout.num_gpus > 0
 
 
 def interleave(first: Generation, second: Generation, n_first: int, n_second: int) -> Generation:
