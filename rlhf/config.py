@@ -50,8 +50,8 @@ class TopologyConfig(Section):
     colocated_threads: int | None = Field(
         None,
         ge=1,
-        description="threads a colocated pool's actor computes with in its turn; None: every "
-        "core the process may run on",
+        description="cores a colocated pool computes with in its turn, split over its actors; "
+        "None: every core the process may run on",
     )
 
     def is_colocated(self, pool: str) -> bool:

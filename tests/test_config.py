@@ -117,6 +117,8 @@ def test_threads_follow_the_pools_turns():
     t = load_config(None, ["topology.learner.colocated=true", "topology.learner.num_cpus=0.5"])
     assert compute_threads("learner", t.topology) == len(os.sched_getaffinity(0))
     assert compute_threads("rollout", t.topology) == 1
-    t = load_config(None, ["topology.colocate_all=true", "topology.colocated_threads=3"])
-    assert compute_threads("rollout", t.topology) == 3
+    t = load_config(None, ["topology.colocate_all=true", "topology.colocated_threads=4"])
+    assert compute_threads("rollout", t.topology) == 4
+    t = load_config(None, ["topology.colocate_all=true", "topology.learner.workers=2"])
+    assert compute_threads("learner", t.topology) == max(1, len(os.sched_getaffinity(0)) // 2)
     assert t.topology.colocated_pools() == ["rollout", "learner", "reference", "reward", "critic"]

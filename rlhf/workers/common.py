@@ -11,12 +11,14 @@ from rlhf.config import TopologyConfig
 
 def compute_threads(role: str, topology: TopologyConfig) -> int:
     """Threads an actor of pool `role` computes with. A colocated pool takes its turn alone on
-    the cores it shares with the other colocated pools, so it uses all of them; a pool that
-    may run at the same time as others keeps to its Ray reservation, so none oversubscribes
-    the cores."""
-    if topology.is_colocated(role):
-        return topology.colocated_threads or len(os.sched_getaffinity(0))
-    return max(1, math.ceil(getattr(topology, role).num_cpus))
+    the cores it shares with the other colocated pools, so its actors use all of them between
+    them; a pool that may run at the same time as others keeps to its Ray reservation, so
+    none oversubscribes the cores."""
+    pool = getattr(topology, role)
+    if topology.is_colocated(role):  # the pool's actors compute together: they split them
+        cores = topology.colocated_threads or len(os.sched_getaffinity(0))
+        return max(1, cores // max(pool.workers, 1))
+    return max(1, math.ceil(pool.num_cpus))
 
 
 def setup_worker_process(role: str, topology: TopologyConfig, seed: int) -> int:
