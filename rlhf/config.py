@@ -116,6 +116,12 @@ class RolloutConfig(Section):
     prompts_per_iteration: int = Field(64, gt=0)
     samples_per_prompt: int = Field(8, gt=0)
     max_new_tokens: int = Field(4, gt=0)
+    ignore_eos: bool = Field(
+        False,
+        description="sampling only: EOS does not stop a completion, so every one is "
+        "max_new_tokens long (benchmarks of generation-heavy work); greedy evaluation still "
+        "stops at EOS",
+    )
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0, description="0 disables top-k")

@@ -188,3 +188,56 @@ def test_hf_samples_and_logprobs(hf_engine, model_path):
 
 def test_hf_weight_sync_matches_transformers(hf_engine, model_path):
     _check_sync(hf_engine, model_path)
+
+
+# ---------------------------------------------------------------- rollout.ignore_eos
+@pytest.fixture(scope="module")
+def eos_model_path(model_path, tmp_path_factory) -> str:
+    """The tiny model made to say EOS first with probability ~1: every embedding gets a large
+    first component, which survives the (small, random) layers and the final norm with a
+    positive sign, and the EOS row of the output layer reads that component."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    eos = model.config.eos_token_id
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, 0] = 10.0
+        model.lm_head.weight[eos, 0] = 5.0
+    out = tmp_path_factory.mktemp("eos_first")
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(model_path).save_pretrained(out)
+    return str(out)
+
+
+def _check_ignore_eos(engine) -> None:
+    n = 3
+    kwargs = dict(n=n, max_new_tokens=NEW_TOKENS, temperature=1.0, seed=5)
+    stopped = engine.generate(PROMPTS, **kwargs)
+    # The check can fail: without ignore_eos this model stops at once.
+    assert all(len(c) < NEW_TOKENS for c in stopped.completion_ids)
+    assert set(stopped.finish_reasons) == {"stop"}
+    forced = engine.generate(PROMPTS, ignore_eos=True, **kwargs)
+    assert len(forced.completion_ids) == n * len(PROMPTS)
+    for c, lp, r in zip(forced.completion_ids, forced.logprobs, forced.finish_reasons, strict=True):
+        assert len(c) == len(lp) == NEW_TOKENS and r == "length"
+        assert all(math.isfinite(x) and x <= 0 for x in lp)
+    # EOS is still sampled (not suppressed): it just does not end the completion.
+    assert any(t in engine.eos_ids for c in forced.completion_ids for t in c[:-1])
+    greedy = engine.generate(PROMPTS, n=1, max_new_tokens=NEW_TOKENS, temperature=0.0)
+    assert all(len(c) < NEW_TOKENS for c in greedy.completion_ids)  # the default stops
+
+
+def test_vllm_ignore_eos_forces_full_length(eos_model_path):
+    from rlhf.engines.vllm_engine import VLLMEngine
+
+    engine = VLLMEngine(eos_model_path, seed=0, max_model_len=256, kv_cache_bytes=64 * 2**20)
+    try:
+        _check_ignore_eos(engine)
+    finally:
+        engine.shutdown()
+
+
+def test_hf_ignore_eos_forces_full_length(eos_model_path):
+    from rlhf.engines.hf_engine import HFEngine
+
+    _check_ignore_eos(HFEngine(eos_model_path, seed=0))

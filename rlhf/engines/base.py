@@ -36,6 +36,7 @@ class GenerationEngine(Protocol):
         top_k: int = 0,
         seed: int | None = None,
         mixture_coef: float = 0.0,
+        ignore_eos: bool = False,
     ) -> Generation:
         """Prompt-major: n samples per prompt, in order. Returns completion token ids (EOS
         included when generated), the sampled tokens' log-probs under the sampling
@@ -44,7 +45,9 @@ class GenerationEngine(Protocol):
         temperature == 0 means greedy (log-probs are then log_softmax(logits)).
         mixture_coef = b > 0 samples the geometric mixture pi^(1-b) · pi_ref^b (IPO-MD,
         Nash-MD) and returns its log-probs; only engines built with a reference support it,
-        others raise ValueError."""
+        others raise ValueError.
+        ignore_eos: EOS is sampled like any token but does not stop a completion, so every
+        completion is max_new_tokens long (finish reason "length")."""
         ...
 
     def init_weight_sync(self, endpoint: SyncEndpoint) -> None:
@@ -64,5 +67,8 @@ class GenerationEngine(Protocol):
         ...
 
 
-def finish_reason(completion: list[int], eos_ids: set[int]) -> str:
+def finish_reason(completion: list[int], eos_ids: set[int], ignore_eos: bool = False) -> str:
+    # With EOS ignored a completion only ever ends at the length limit, even on an EOS token.
+    if ignore_eos:
+        return "length"
     return "stop" if completion and completion[-1] in eos_ids else "length"

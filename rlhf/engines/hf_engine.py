@@ -27,19 +27,29 @@ class HFEngine:
         self._sync: WeightSyncGroup | None = None
 
     # ------------------------------------------------------------------ generation
-    def _config(self, max_new_tokens: int, temperature: float, top_p: float, top_k: int):
+    def _config(
+        self,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        top_k: int,
+        ignore_eos: bool = False,
+    ):
         # A fresh config: a model's own generation_config (repetition penalty, min_p, ...)
         # must not change the sampling distribution the learner assumes.
         from transformers import GenerationConfig
 
         sample = temperature > 0
+        # An empty list, not None: generate() fills a None eos_token_id from the model's own
+        # config. (min_new_tokens would also forbid sampling EOS, which vLLM's ignore_eos does not.)
+        eos = [] if ignore_eos else sorted(self.eos_ids)
         return GenerationConfig(
             max_new_tokens=max_new_tokens,
             do_sample=sample,
             temperature=temperature if sample else 1.0,
             top_p=top_p if sample else 1.0,
             top_k=top_k if sample else 0,
-            eos_token_id=sorted(self.eos_ids),
+            eos_token_id=eos,
             pad_token_id=self.pad_id,
             return_dict_in_generate=True,
             output_scores=True,  # scores = logits after temperature/top-k/top-p
@@ -57,6 +67,7 @@ class HFEngine:
         top_k: int = 0,
         seed: int | None = None,
         mixture_coef: float = 0.0,
+        ignore_eos: bool = False,
     ) -> Generation:
         if mixture_coef != 0:
             raise ValueError(
@@ -74,7 +85,7 @@ class HFEngine:
         out = self.model.generate(
             input_ids=ids,
             attention_mask=mask,
-            generation_config=self._config(max_new_tokens, temperature, top_p, top_k),
+            generation_config=self._config(max_new_tokens, temperature, top_p, top_k, ignore_eos),
         )
         new = out.sequences[:, width:]
         logp = torch.stack([torch.log_softmax(s.float(), dim=-1) for s in out.scores], dim=1)
@@ -82,10 +93,11 @@ class HFEngine:
         result = Generation()
         for i in range(len(rows)):
             toks = new[i].tolist()
-            end = next((j + 1 for j, t in enumerate(toks) if t in self.eos_ids), len(toks))
-            result.add(
-                toks[:end], picked[i, :end].tolist(), finish_reason(toks[:end], self.eos_ids)
-            )
+            end = len(toks)
+            if not ignore_eos:  # the completion ends at its first EOS (kept)
+                end = next((j + 1 for j, t in enumerate(toks) if t in self.eos_ids), end)
+            reason = finish_reason(toks[:end], self.eos_ids, ignore_eos)
+            result.add(toks[:end], picked[i, :end].tolist(), reason)
         return result
 
     # ------------------------------------------------------------------ weight sync

@@ -148,6 +148,7 @@ class VLLMEngine:
         top_k: int = 0,
         seed: int | None = None,
         mixture_coef: float = 0.0,
+        ignore_eos: bool = False,
     ) -> Generation:
         """See `GenerationEngine.generate`. On a mixture engine (`mixture_reference`), samples
         come from softmax(((1-b)·policy_logits + b·reference_logits) / T), then top-k/top-p,
@@ -169,6 +170,7 @@ class VLLMEngine:
                 seed=request_seed,
                 logprobs=0,  # the sampled token's log-prob only
                 detokenize=False,  # callers decode what they need
+                ignore_eos=ignore_eos,
             )
             for request_seed in request_seeds(seed, len(prompt_ids))
         ]
@@ -181,7 +183,7 @@ class VLLMEngine:
                 result.add(
                     toks,
                     [step[t].logprob for step, t in zip(out.logprobs, toks, strict=True)],
-                    finish_reason(toks, self.eos_ids),
+                    finish_reason(toks, self.eos_ids, ignore_eos),
                 )
         return result
 

@@ -51,6 +51,7 @@ class RolloutWorker:
             temperature=0.0 if greedy else r.temperature,
             top_p=r.top_p,
             top_k=r.top_k,
+            ignore_eos=r.ignore_eos and not greedy,  # evaluation answers stop at EOS
         )
         m = 0 if greedy or self.mixture is None else min(self.mixture.samples, n)
         from_mixture: list[bool] = []
