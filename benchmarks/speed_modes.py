@@ -33,6 +33,12 @@ from learning_study import run_one  # noqa: E402
 MODES: dict[str, list[str]] = {
     "disaggregated": ["topology.colocate_all=false", "rollout.max_staleness=0"],
     "colocated": ["topology.colocate_all=true", "rollout.max_staleness=0"],
+    "colocated_dp2": [
+        "topology.colocate_all=true",
+        "rollout.max_staleness=0",
+        "topology.rollout.workers=2",
+        "topology.learner.workers=2",
+    ],
     "async1": ["topology.colocate_all=false", "rollout.max_staleness=1"],
     "async2": ["topology.colocate_all=false", "rollout.max_staleness=2"],
 }
