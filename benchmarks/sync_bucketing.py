@@ -16,6 +16,7 @@ import statistics
 import time
 
 import torch
+from benchlib import llama_shapes, random_state
 
 from rlhf.sync import WeightSyncGroup, free_port, manifest_of, plan_buckets
 
@@ -25,28 +26,8 @@ MiB = 2**20
 MODELS = {"tiny": (64, 24, 192, 512), "100M": (768, 12, 2048, 8000)}
 
 
-def llama_shapes(hidden: int, layers: int, inter: int, vocab: int) -> list[tuple[str, tuple]]:
-    kv = hidden // 2  # grouped-query attention: half as many key/value heads
-    out = [("model.embed_tokens.weight", (vocab, hidden))]
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        out += [
-            (p + "self_attn.q_proj.weight", (hidden, hidden)),
-            (p + "self_attn.k_proj.weight", (kv, hidden)),
-            (p + "self_attn.v_proj.weight", (kv, hidden)),
-            (p + "self_attn.o_proj.weight", (hidden, hidden)),
-            (p + "mlp.gate_proj.weight", (inter, hidden)),
-            (p + "mlp.up_proj.weight", (inter, hidden)),
-            (p + "mlp.down_proj.weight", (hidden, inter)),
-            (p + "input_layernorm.weight", (hidden,)),
-            (p + "post_attention_layernorm.weight", (hidden,)),
-        ]
-    return out + [("model.norm.weight", (hidden,)), ("lm_head.weight", (vocab, hidden))]
-
-
 def make_state(model: str) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    return {n: torch.randn(s, generator=g) for n, s in llama_shapes(*MODELS[model])}
+    return random_state(llama_shapes(*MODELS[model]))
 
 
 def receiver(port: int, rank: int, world: int, plan: list[tuple[str, int]], reps: int, q) -> None:

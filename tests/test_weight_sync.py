@@ -148,6 +148,54 @@ def test_two_receivers_get_exact_tensors_for_two_versions(bucket_bytes, num_buck
         s.listen()
 
 
+def _copying_receiver(port, bucket_bytes, q) -> None:
+    """v1: copied out and dropped; v2: views kept; v3: received while v2's views are alive.
+    Reports (version, exact, addresses of the receive buffers, v2's views still exact)."""
+    q.put("up")
+    try:
+        group = WeightSyncGroup(HOST, port, 1, 2, "gloo", 30.0, NAMES[:2])
+        manifest = manifest_of(_state(0).items())
+        kept: dict[str, torch.Tensor] = {}
+        for v in (1, 2, 3):
+            got, buffers = {}, set()
+            for name, t in group.receive(manifest, bucket_bytes, v):
+                buffers.add(t.untyped_storage().data_ptr())
+                got[name] = t if v == 2 else t.clone()  # clone: as vLLM and the HF engine copy
+            want = _state(v)
+            exact = list(got) == list(want) and all(torch.equal(got[n], want[n]) for n in want)
+            kept_exact = all(torch.equal(t, _state(2)[n]) for n, t in kept.items())
+            q.put((v, exact, sorted(buffers), kept_exact))
+            if v == 2:
+                kept = got
+        group.close()
+    except Exception as err:  # report, so the test fails with the reason
+        q.put((-1, False, f"{type(err).__name__}: {err}", False))
+
+
+@pytest.mark.slow
+def test_receive_buffers_are_reused_only_when_no_view_survives():
+    """CPU receivers reuse the last sync's buffers (no page faults), but never under a view
+    the consumer still holds."""
+    port = free_port()
+    proc, q = _spawn(_copying_receiver, port, 4096)
+    sender = WeightSyncGroup(HOST, port, 0, 2, "gloo", 30.0, NAMES[:2])
+    try:
+        for v in (1, 2, 3):
+            state = _state(v)
+            sender.send(state.items(), manifest_of(state.items()), 4096, v)
+        (v1, ok1, bufs1, _), (v2, ok2, bufs2, _), (v3, ok3, bufs3, kept_ok) = (
+            q.get(timeout=60) for _ in range(3)
+        )
+        assert (v1, v2, v3) == (1, 2, 3) and ok1 and ok2 and ok3, (bufs1, bufs2, bufs3)
+        assert len(bufs1) == 21  # one buffer per bucket
+        assert bufs2 == bufs1  # nothing held v1's views: its buffers came back
+        assert not set(bufs3) & set(bufs2)  # v2's views were alive: fresh buffers
+        assert kept_ok  # and the views still hold version 2
+    finally:
+        sender.close()
+        _join(proc)
+
+
 @pytest.mark.slow
 def test_peer_that_never_joins_is_named_and_nothing_hangs():
     port = free_port()

@@ -20,6 +20,9 @@ ALIGN = 64  # bytes; enough for any dtype view, and cache-line friendly
 # Measured on CPU/gloo (benchmarks/results/sync_bucketing.md): 16 MiB is as fast as any size
 # for a 1M model and the fastest for a 100M one; from 64 MiB on, receive buffers exceed
 # glibc's mmap threshold (32 MiB), are page-faulted afresh on every sync, and it gets 2x slower.
+# Since receivers reuse their buffers from one sync to the next (`WeightSyncGroup`), that cliff
+# is gone: 16, 64 and 256 MiB were within noise for 50M and 200M models
+# (benchmarks/results/weight_sync.md).
 DEFAULT_BUCKET_BYTES = 16 * 2**20
 
 

@@ -111,6 +111,13 @@ def _make_backend(
     raise ValueError(f"sync backend must be 'gloo' or 'nccl', got {backend!r}")
 
 
+def _storage_refs(t: torch.Tensor) -> int:
+    """How many tensors share `t`'s storage (views included); -1 where torch cannot say,
+    which never matches a recorded count, so nothing is reused blindly."""
+    count = getattr(torch._C, "_storage_Use_Count", None)
+    return -1 if count is None else int(count(t.untyped_storage()._cdata))
+
+
 class WeightSyncGroup:
     """A process group of its own (separate from any training group): rank 0 is learner rank 0
     (the sender), ranks 1..N are rollout workers. Rank 0 hosts the TCPStore."""
@@ -143,6 +150,10 @@ class WeightSyncGroup:
         self.device = torch.device(device)
         self._broken: str | None = None
         self._pg: dist.ProcessGroup | None = None
+        # Kept from one sync to the next: the sender's packing buffer, and on CPU each
+        # bucket's receive buffer (see `_receive_buffer`).
+        self._scratch: torch.Tensor | None = None
+        self._received: dict[int, tuple[torch.Tensor, int]] = {}
         timeout = timedelta(seconds=self.timeout_s)
         try:
             self._store: dist.TCPStore | None = store or dist.TCPStore(
@@ -282,11 +293,7 @@ class WeightSyncGroup:
         t1 = time.perf_counter()
         source = iter(named_tensors)
         buckets = plan_buckets(manifest, bucket_bytes)
-        # One packing buffer for every bucket: each broadcast has finished (or, on NCCL, is
-        # ordered before the next copy on this stream) before it is overwritten. Fresh large
-        # buffers would cost a page fault per 4 KiB on every sync.
-        packed_sizes = [bucket_nbytes(b) for b in buckets if len(b) > 1]
-        scratch = torch.empty(max(packed_sizes, default=0), dtype=torch.uint8, device=self.device)
+        scratch = self._packing_buffer(buckets)
         sent = 0
         for i, bucket in enumerate(buckets):
             try:
@@ -324,8 +331,10 @@ class WeightSyncGroup:
         """Yield (name, tensor) for every entry of `manifest`, bucket by bucket.
 
         Lazy: the handshake happens on the first `next()`. Consume it to the end. Tensors are
-        views of a fresh buffer per bucket and stay valid after the iteration moves on (vLLM's
-        layer-wise reload holds them until every weight of a layer has arrived).
+        views of one buffer per bucket and stay valid after the iteration moves on, for as
+        long as the consumer holds them (vLLM's layer-wise reload holds them until every
+        weight of a layer has arrived): a buffer is reused by a later sync only once no view
+        of it is left (`_receive_buffer`).
         """
         if self.rank == SENDER:
             raise RuntimeError("rank 0 sends; receivers are ranks 1..N")
@@ -343,13 +352,47 @@ class WeightSyncGroup:
             raise WeightSyncTimeout(f"{self._who(SENDER)} aborted version {version}: {answer[6:]}")
         buckets = plan_buckets(manifest, bucket_bytes)
         for i, bucket in enumerate(buckets):
-            buf = torch.empty(bucket_nbytes(bucket), dtype=torch.uint8, device=self.device)
+            buf = self._receive_buffer(i, bucket_nbytes(bucket))
             self._broadcast(buf, f"version {version} bucket {i + 1}/{len(buckets)}")
             yield from _unpack(bucket, buf)
+        for stale in [i for i in self._received if i >= len(buckets)]:  # a shorter plan
+            del self._received[stale]
+
+    # ------------------------------------------------------------------ buffers
+    def _packing_buffer(self, buckets: list[list[ParamSpec]]) -> torch.Tensor:
+        """One packing buffer for every bucket, kept across sends: each broadcast has finished
+        (or, on NCCL, is ordered before the next copy on this stream) before it is
+        overwritten, and a send ends with its stream synchronized. Fresh large buffers would
+        cost a page fault per 4 KiB on every sync."""
+        size = max((bucket_nbytes(b) for b in buckets if len(b) > 1), default=0)
+        if self._scratch is None or self._scratch.numel() < size:
+            self._scratch = None  # free the old one first
+            self._scratch = torch.empty(size, dtype=torch.uint8, device=self.device)
+        return self._scratch
+
+    def _receive_buffer(self, index: int, nbytes: int) -> torch.Tensor:
+        """The buffer bucket `index` is received into.
+
+        On CPU, the last sync's buffer for this bucket is reused when no view of it survives
+        (the consumer copied the weights out: vLLM's reload, the HF engine): a fresh buffer is
+        page-faulted in on every sync, which costs about as much as the transfer itself
+        (benchmarks/results/weight_sync.md). The price: a CPU receiver keeps one received
+        copy of the weights between syncs. A consumer that keeps the tensors gets fresh
+        buffers, as before. On GPU the caching allocator already reuses memory.
+        """
+        if self.device.type != "cpu":
+            return torch.empty(nbytes, dtype=torch.uint8, device=self.device)
+        kept = self._received.get(index)
+        if kept is not None and kept[0].numel() == nbytes and _storage_refs(kept[0]) == kept[1]:
+            return kept[0]
+        buf = torch.empty(nbytes, dtype=torch.uint8)
+        self._received[index] = (buf, _storage_refs(buf))
+        return buf
 
     def close(self) -> None:
         """Tear the group down and free the store's port (rank 0). Safe to call twice."""
         pg, self._pg = self._pg, None
+        self._scratch, self._received = None, {}
         if pg is not None:
             try:
                 pg.shutdown()
