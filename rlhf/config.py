@@ -39,14 +39,21 @@ POOLS = ("rollout", "learner", "reference", "reward", "critic")
 
 
 class TopologyConfig(Section):
-    rollout: PoolConfig = PoolConfig(workers=1)
-    learner: PoolConfig = PoolConfig(workers=1)
+    # Two of each, taking turns on the cores: the fastest shape measured on the embedded
+    # default (benchmarks/results/speed_modes.md), as processes beat threads on small matrices.
+    rollout: PoolConfig = PoolConfig(workers=2)
+    learner: PoolConfig = PoolConfig(workers=2)
     reference: PoolConfig = PoolConfig(workers=1, num_cpus=0.5)
     reward: PoolConfig = PoolConfig(workers=1, num_cpus=0.5)
     critic: PoolConfig = Field(
         PoolConfig(workers=1), description="value-model ranks; started only by ppo"
     )
-    colocate_all: bool = Field(False, description="every pool colocated (their flags ignored)")
+    colocate_all: bool | None = Field(
+        None,
+        description="every pool colocated (their own flags then ignored); None: colocated "
+        "when generation is synchronous (rollout.max_staleness = 0), which measured fastest on "
+        "the embedded default, and not otherwise",
+    )
     colocated_threads: int | None = Field(
         None,
         ge=1,
@@ -324,6 +331,8 @@ class Config(Section):
         """Asynchronous generation runs the rollout pool beside every other pool, so none
         may take all the cores in its turn. The off-policy correction's cap follows the mode."""
         k = self.rollout.max_staleness
+        if self.topology.colocate_all is None:
+            self.topology.colocate_all = k == 0
         colocated = self.topology.colocated_pools()
         if k > 0 and colocated:
             raise ValueError(

@@ -103,7 +103,16 @@ def test_scheduling_settings_are_checked_and_resolved():
     assert cfg.algorithm.importance_sampling_cap == 0.0  # an explicit choice stands
     with pytest.raises(ConfigError, match=r"topology\.\{learner\}\.colocated"):
         load_config(None, ["rollout.max_staleness=2", "topology.learner.colocated=true"])
-    cfg = load_config(None, ["topology.rollout.colocated=true", "topology.learner.colocated=true"])
+    assert load_config(None).topology.colocate_all  # synchronous: every pool takes turns
+    assert not load_config(None, ["rollout.max_staleness=1"]).topology.colocate_all
+    cfg = load_config(
+        None,
+        [
+            "topology.colocate_all=false",
+            "topology.rollout.colocated=true",
+            "topology.learner.colocated=true",
+        ],
+    )
     assert cfg.topology.colocated_pools() == ["rollout", "learner"]
 
 
@@ -112,12 +121,21 @@ def test_threads_follow_the_pools_turns():
 
     from rlhf.workers.common import compute_threads
 
-    t = load_config(None, ["topology.reference.num_cpus=0.5"]).topology
+    t = load_config(None, ["topology.colocate_all=false", "topology.reference.num_cpus=0.5"])
+    t = t.topology
     assert compute_threads("learner", t) == 1 and compute_threads("reference", t) == 1
-    t = load_config(None, ["topology.learner.colocated=true", "topology.learner.num_cpus=0.5"])
+    t = load_config(
+        None,
+        [
+            "topology.colocate_all=false",
+            "topology.learner.colocated=true",
+            "topology.learner.workers=1",
+            "topology.learner.num_cpus=0.5",
+        ],
+    )
     assert compute_threads("learner", t.topology) == len(os.sched_getaffinity(0))
     assert compute_threads("rollout", t.topology) == 1
-    t = load_config(None, ["topology.colocate_all=true", "topology.colocated_threads=4"])
+    t = load_config(None, ["topology.rollout.workers=1", "topology.colocated_threads=4"])
     assert compute_threads("rollout", t.topology) == 4
     t = load_config(None, ["topology.colocate_all=true", "topology.learner.workers=2"])
     assert compute_threads("learner", t.topology) == max(1, len(os.sched_getaffinity(0)) // 2)

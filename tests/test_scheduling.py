@@ -124,14 +124,14 @@ def _first_update(tmp_path, name: str, overrides: list[str]) -> tuple[object, di
 def test_colocated_and_disaggregated_give_the_same_first_update(tmp_path):
     # Same thread count in both modes (1), so only the order of the work differs; with it the
     # arithmetic, and so the update, is identical bit for bit.
-    disaggregated = _first_update(tmp_path, "disaggregated", [])
+    one_each = ["topology.rollout.workers=1", "topology.learner.workers=1"]
+    disaggregated = _first_update(
+        tmp_path, "disaggregated", [*one_each, "topology.colocate_all=false"]
+    )
     colocated = _first_update(
         tmp_path,
         "colocated",
-        [
-            "topology.colocated_threads=1",
-            "topology.colocate_all=true",
-        ],
+        [*one_each, "topology.colocate_all=true", "topology.colocated_threads=1"],
     )
     (batch_a, update_a), (batch_b, update_b) = disaggregated, colocated
     np.testing.assert_array_equal(batch_a.batch["input_ids"], batch_b.batch["input_ids"])
