@@ -463,13 +463,14 @@ def settings_rows(
         ("gradient checkpointing", str(learner.gradient_checkpointing), "False", yes),
         (
             "learner",
-            f"DeepSpeed ZeRO-{learner.zero_stage}, 1 rank",
+            f"DeepSpeed ZeRO-{learner.zero_stage}, {cfg.topology.learner.workers} rank(s)",
             "HF Trainer (accelerate), 1 process",
             "no (what is compared)",
         ),
         (
             "threads",
-            f"rollout {_threads(cfg.topology.rollout.num_cpus)}, learner {_threads(cfg.topology.learner.num_cpus)} (Ray actors)",
+            f"rollout {_threads(cfg, 'rollout')}, learner {_threads(cfg, 'learner')} per actor "
+            f"({'colocated: pools take turns' if cfg.topology.colocate_all else 'pools at once'})",
             f"{trl_threads} (one process)",
             "see notes",
         ),
@@ -477,9 +478,11 @@ def settings_rows(
     ]
 
 
-def _threads(num_cpus: float) -> int:
-    """The torch threads our worker takes for a CPU share (rlhf.workers.common)."""
-    return max(1, math.ceil(num_cpus))
+def _threads(cfg: Config, pool: str) -> int:
+    """The torch threads each actor of our pool computes with (rlhf.workers.common)."""
+    from rlhf.workers.common import compute_threads
+
+    return compute_threads(pool, cfg.topology)
 
 
 def parameter_count(folder: str) -> int:
@@ -594,8 +597,8 @@ def targets_line(
     if quality_missed:
         text += (
             " Why: one seed per side, and the two sides draw different samples; across seeds "
-            "our own greedy rise spans +0.082 to +0.105 (benchmarks/results/default_run.md), "
-            "so a gap of that size is within seed noise."
+            "the greedy rise of one setting varies by a few hundredths "
+            "(benchmarks/results/default_run.md), so a gap of that size is within seed noise."
         )
     return text
 
@@ -637,9 +640,10 @@ def report(ctx: dict[str, Any]) -> str:
         "TRL 1.16 scores completions through its fused LM-head path (`fused_lm_head=True`: "
         "chunked log-probs and entropies, the torch fallback on CPU); ours takes log_softmax "
         "of the logits (and the entropy, a logged diagnostic). Both compute entropies.",
-        "Threads: each side as it runs by default here. Ours: one Ray actor per pool with "
-        "torch threads = its `num_cpus` (the vLLM engine uses the same count); TRL: one process "
-        "with torch's default threads.",
+        "Threads: each side as it runs by default here. Ours: Ray actors whose torch threads "
+        "follow the topology (colocated pools split the cores over their actors and take "
+        "turns; the vLLM engine uses the same count); TRL: one process with torch's default "
+        "threads.",
         "Random streams differ (vLLM vs transformers sampling), so the two sides draw different "
         "samples from the same distribution.",
     ]

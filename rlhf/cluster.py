@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 
 from rlhf.config import Config
+
+log = logging.getLogger(__name__)
 
 
 def requested_cpus(cfg: Config, uses_reference: bool, uses_critic: bool = False) -> float:
@@ -13,6 +16,34 @@ def requested_cpus(cfg: Config, uses_reference: bool, uses_critic: bool = False)
     pools = [t.rollout, t.learner, t.reward]
     pools += ([t.reference] if uses_reference else []) + ([t.critic] if uses_critic else [])
     return sum(p.workers * p.num_cpus for p in pools)
+
+
+def threads_at_once(cfg: Config, uses_reference: bool, uses_critic: bool = False) -> int:
+    """The most threads the pools compute with at the same moment on this machine: every
+    disaggregated actor's (they may all work at once), plus the colocated pools' shared
+    cores (they take turns)."""
+    from rlhf.workers.common import compute_threads
+
+    t = cfg.topology
+    pools = ["rollout", "learner", "reward"]
+    pools += (["reference"] if uses_reference else []) + (["critic"] if uses_critic else [])
+    apart = sum(
+        getattr(t, p).workers * compute_threads(p, t) for p in pools if not t.is_colocated(p)
+    )
+    shared = any(t.is_colocated(p) for p in pools)
+    return apart + ((t.colocated_threads or len(os.sched_getaffinity(0))) if shared else 0)
+
+
+def warn_if_oversubscribed(cfg: Config, uses_reference: bool, uses_critic: bool) -> None:
+    cores = len(os.sched_getaffinity(0))
+    wanted = threads_at_once(cfg, uses_reference, uses_critic)
+    if wanted > cores:
+        log.warning(
+            "the topology computes with up to %d threads at once on %d cores: pools that work "
+            "at the same time will slow each other (colocate them, or lower workers/num_cpus)",
+            wanted,
+            cores,
+        )
 
 
 def connect(cfg: Config, uses_reference: bool, uses_critic: bool = False) -> None:
@@ -28,6 +59,7 @@ def connect(cfg: Config, uses_reference: bool, uses_critic: bool = False) -> Non
         )
     }
     if cfg.ray.address is None:
+        warn_if_oversubscribed(cfg, uses_reference, uses_critic)
         # Phases run one after another, so a local cluster may promise more CPUs than the
         # machine has: the topology's reservations are for placement, not exclusive use.
         num_cpus = cfg.ray.num_cpus or max(

@@ -197,7 +197,12 @@ class LearnerConfig(Section):
     adam_betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float = Field(1.0, ge=0, description="0 disables clipping")
     zero_stage: Literal[0, 1, 2, 3] = 2
-    micro_batch_size: int = Field(64, gt=0, description="rows per forward/backward")
+    micro_batch_size: int = Field(
+        256,
+        gt=0,
+        description="rows per forward/backward (256: fastest measured on the embedded default, "
+        "benchmarks/results/speed_modes.md)",
+    )
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     gradient_checkpointing: bool = False
 

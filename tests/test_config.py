@@ -140,3 +140,16 @@ def test_threads_follow_the_pools_turns():
     t = load_config(None, ["topology.colocate_all=true", "topology.learner.workers=2"])
     assert compute_threads("learner", t.topology) == max(1, len(os.sched_getaffinity(0)) // 2)
     assert t.topology.colocated_pools() == ["rollout", "learner", "reference", "reward", "critic"]
+
+
+def test_threads_at_once_counts_disaggregated_pools_and_one_colocated_turn():
+    import os
+
+    from rlhf.cluster import threads_at_once
+
+    cores = len(os.sched_getaffinity(0))
+    assert threads_at_once(load_config(None), False) == cores  # the default takes turns
+    apart = load_config(None, ["topology.colocate_all=false"])
+    assert threads_at_once(apart, uses_reference=True) == 2 + 2 + 1 + 1
+    mixed = load_config(None, ["topology.colocate_all=false", "topology.learner.colocated=true"])
+    assert threads_at_once(mixed, uses_reference=False) == 2 + 1 + cores
