@@ -1,7 +1,7 @@
 """A generation engine around `vllm.LLM`, with learner -> engine weight sync.
 
-On CPU the engine runs in the creating process (a Ray actor: see `cpu_environment`); on GPU
-vLLM runs the model in a worker process of its own. The weight-sync receiver lives with the
+On CPU inside a Ray actor the engine runs in the actor's own process (see `cpu_environment`);
+elsewhere vLLM runs the model in a worker process of its own. The weight-sync receiver lives with the
 model (`vllm_extension`), reached through `collective_rpc`, so received buckets are loaded
 where the model is.
 """
@@ -35,20 +35,30 @@ def cpu_environment(threads: int) -> dict[str, str]:
     ("nobind") and cap OpenMP threads at the CPU share instead. OMP_WAIT_POLICY=PASSIVE
     makes idle OpenMP threads sleep instead of spinning, so a finished engine does not eat
     the cores the learner (or another engine) needs next.
-    VLLM_ENABLE_V1_MULTIPROCESSING=0 (with the "uni" executor, see `VLLMEngine`) runs the
-    engine in the creating process: its worker process would otherwise busy-poll a
-    shared-memory queue for a second after every call (measured: 1.0 core-second burned per
-    call, against 0.03 in-process), stealing a core from whatever runs next, and the
-    in-process engine generated the default batch 17% faster (0.27 s against 0.32 s).
+    In a Ray actor (one engine per process), VLLM_ENABLE_V1_MULTIPROCESSING=0 (with the "uni"
+    executor, see `VLLMEngine`) runs the engine in the actor's own process: its worker process
+    would otherwise busy-poll a shared-memory queue for a second after every call (measured:
+    1.0 core-second burned per call, against 0.03 in-process), stealing a core from whatever
+    runs next, and the in-process engine generated the default batch 17% faster (0.27 s
+    against 0.32 s). Elsewhere (a script or test that may hold several engines, which would
+    share one process's global state) engines keep processes of their own.
     A user's own VLLM_CPU_OMP_THREADS_BIND / OMP_* / VLLM_ENABLE_V1_MULTIPROCESSING settings
     win over these.
     """
-    return {
+    env = {
         "VLLM_CPU_OMP_THREADS_BIND": "nobind",
         "OMP_NUM_THREADS": str(threads),
         "OMP_WAIT_POLICY": "PASSIVE",
-        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
     }
+    if _in_ray_actor():
+        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    return env
+
+
+def _in_ray_actor() -> bool:
+    import ray
+
+    return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
 
 
 def request_seeds(seed: int | None, requests: int) -> list[int | None]:
