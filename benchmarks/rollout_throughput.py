@@ -320,10 +320,8 @@ def report(args: argparse.Namespace, runs: list[tuple[Workload, dict[str, list[R
     breakdown = [row for w, res in runs for row in breakdown_rows(w, res)]
     return "\n".join(
         [
-            "**Preliminary**: measured on the shared 2-core machine while another engineer's "
-            "and another helper's jobs ran (load averages above and at the end; the benchmark "
-            "itself ran under `nice -n 10`). Rerun in a quiet window before relying on the "
-            "numbers.",
+            "Timings depend on other load on the machine: the load averages above and at the "
+            "end say how quiet it was.",
             "",
             f"{args.reps} reps per side after one warm-up, alternating sides; "
             f"{threads} thread(s) per engine on both sides (the rollout worker's share); "

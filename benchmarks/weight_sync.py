@@ -382,7 +382,8 @@ def default_run_sync_share() -> list[tuple[str, float, float]]:
     rows = [line for line in rows if line.startswith("|")]
     cells = [[c.strip().strip("*") for c in line.strip("|").split("|")] for line in rows]
     header = cells[0]
-    at_iteration, at_sync = header.index("s/iteration"), header.index("sync")
+    at_iteration = next(i for i, h in enumerate(header) if h.startswith("s/iteration"))
+    at_sync = header.index("sync")
     out = []
     for row in cells[2:]:
         if len(row) != len(header) or not re.fullmatch(r"[\d.]+", row[at_sync]):
@@ -577,9 +578,8 @@ def report(args: argparse.Namespace, results: list) -> str:
     bucket_mib = args.bucket_bytes / 2**20
     run_1m = [t.by_op["run"] for m, k, t in results if m.name == "1M" and "run" in t.by_op]
     parts = [
-        "**Preliminary**: measured on the shared 2-core machine while another engineer's and "
-        "another helper's jobs ran (load averages above and at the end; the benchmark itself "
-        "ran under `nice -n 10`). Rerun in a quiet window before relying on the numbers.",
+        "Timings depend on other load on the machine: the load averages above and at the "
+        "end say how quiet it was.",
         "",
         f"Backend {args.backend}, bucket {bucket_mib:g} MiB, fp32, 1 torch thread per process, "
         f"{args.reps} reps (after one warm-up each), one sender and one receiver.",
