@@ -11,10 +11,17 @@ from rlhf.config import Config
 log = logging.getLogger(__name__)
 
 
+def started_pools(uses_reference: bool, uses_critic: bool = False) -> list[str]:
+    """The pools a run starts: reference and critic only when the algorithm needs them."""
+    return (
+        ["rollout", "learner", "reward"]
+        + (["reference"] if uses_reference else [])
+        + (["critic"] if uses_critic else [])
+    )
+
+
 def requested_cpus(cfg: Config, uses_reference: bool, uses_critic: bool = False) -> float:
-    t = cfg.topology
-    pools = [t.rollout, t.learner, t.reward]
-    pools += ([t.reference] if uses_reference else []) + ([t.critic] if uses_critic else [])
+    pools = [getattr(cfg.topology, p) for p in started_pools(uses_reference, uses_critic)]
     return sum(p.workers * p.num_cpus for p in pools)
 
 
@@ -22,16 +29,15 @@ def threads_at_once(cfg: Config, uses_reference: bool, uses_critic: bool = False
     """The most threads the pools compute with at the same moment on this machine: every
     disaggregated actor's (they may all work at once), plus the colocated pools' shared
     cores (they take turns)."""
-    from rlhf.workers.common import compute_threads
+    from rlhf.workers.common import colocated_cores, compute_threads
 
     t = cfg.topology
-    pools = ["rollout", "learner", "reward"]
-    pools += (["reference"] if uses_reference else []) + (["critic"] if uses_critic else [])
+    pools = started_pools(uses_reference, uses_critic)
     apart = sum(
         getattr(t, p).workers * compute_threads(p, t) for p in pools if not t.is_colocated(p)
     )
     shared = any(t.is_colocated(p) for p in pools)
-    return apart + ((t.colocated_threads or len(os.sched_getaffinity(0))) if shared else 0)
+    return apart + (colocated_cores(t) if shared else 0)
 
 
 def warn_if_oversubscribed(cfg: Config, uses_reference: bool, uses_critic: bool) -> None:

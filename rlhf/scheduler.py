@@ -100,10 +100,6 @@ class RolloutScheduler:
         """Wait until no call is in flight, handing out no new one (before a weight sync)."""
         self._pump([], lambda _: not self.inflight, timeout_s, "generate", dispatch=False)
 
-    @property
-    def idle(self) -> bool:
-        return not self.queue and not self.inflight
-
     # ------------------------------------------------------------------ the loop
     def _dispatch(self) -> None:
         while self.queue and self.free:

@@ -16,9 +16,13 @@ def compute_threads(role: str, topology: TopologyConfig) -> int:
     none oversubscribes the cores."""
     pool = getattr(topology, role)
     if topology.is_colocated(role):  # the pool's actors compute together: they split them
-        cores = topology.colocated_threads or len(os.sched_getaffinity(0))
-        return max(1, cores // max(pool.workers, 1))
+        return max(1, colocated_cores(topology) // max(pool.workers, 1))
     return max(1, math.ceil(pool.num_cpus))
+
+
+def colocated_cores(topology: TopologyConfig) -> int:
+    """The cores the colocated pools share (each takes them all in its turn)."""
+    return topology.colocated_threads or len(os.sched_getaffinity(0))
 
 
 def setup_worker_process(role: str, topology: TopologyConfig, seed: int) -> int:
