@@ -29,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
             "overrides", nargs="*", help="dotted overrides, e.g. rollout.samples_per_prompt=8"
         )
         commands[name] = s
+    sc = sub.add_parser("scale", help="resize a running job's rollout, reward or reference pool")
+    sc.add_argument("run", help="the run's folder, or its name under runs/")
+    sc.add_argument("sizes", nargs="+", help="pool=N, e.g. rollout=3 reward=2")
     ev = commands["eval"]
     ev.add_argument("--policy", required=True, help="Hugging Face folder of the policy")
     ev.add_argument(
@@ -42,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "scale":
+        return _scale(args)
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as err:
@@ -66,6 +71,28 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps({k: v for k, v in summary.items() if isinstance(v, int | float)}),
         file=sys.stderr,
     )
+    return 0
+
+
+def _scale(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rlhf.config import RunConfig
+    from rlhf.control import ControlError, parse_sizes, request_scale
+
+    run_dir = Path(args.run)
+    if not run_dir.is_dir():
+        run_dir = Path(RunConfig().output_dir) / args.run
+    try:
+        sizes = parse_sizes(args.sizes)
+        if not run_dir.is_dir():
+            raise ControlError(f"no run folder {args.run!r} (nor {run_dir})")
+        request_scale(run_dir, sizes)
+    except ControlError as err:
+        print(f"rlhf scale: {err}", file=sys.stderr)
+        return 2
+    wanted = ", ".join(f"{role}={n}" for role, n in sizes.items())
+    print(f"[rlhf] asked {run_dir} for {wanted}; it applies between iterations (events.jsonl)")
     return 0
 
 

@@ -276,6 +276,24 @@ class SyncConfig(Section):
     timeout_s: float = Field(120.0, gt=0)
 
 
+class ElasticConfig(Section):
+    """What happens when a rollout, reward or reference worker dies: its unfinished work goes
+    back to the queue and a replacement starts (after a back-off), up to a budget per pool."""
+
+    max_restarts: int = Field(
+        10,
+        ge=0,
+        description="replacements per pool for workers that die; one more death stops the run",
+    )
+    restart_backoff_s: float = Field(
+        1.0,
+        ge=0,
+        description="wait before a replacement starts; doubles for each replacement "
+        "that dies before it served a call (a crash loop), up to max_backoff_s",
+    )
+    max_backoff_s: float = Field(60.0, ge=0)
+
+
 class RunConfig(Section):
     iterations: int = Field(300, gt=0)
     seed: int = 0
@@ -285,6 +303,11 @@ class RunConfig(Section):
     eval_every: int = Field(0, ge=0, description="greedy accuracy on held-out prompts; 0 = off")
     eval_prompts: int = Field(512, gt=0, description="held-out prompts per evaluation (at most)")
     progress_bar: bool = True
+    record_batches: bool = Field(
+        False,
+        description="write batches.jsonl: each iteration's prompts, their sample counts, "
+        "workers and weights versions (an audit trail of what was trained on)",
+    )
     save_model: bool = True
 
 
@@ -301,6 +324,7 @@ class Config(Section):
     learner: LearnerConfig = LearnerConfig()
     critic: CriticConfig = CriticConfig()
     sync: SyncConfig = SyncConfig()
+    elastic: ElasticConfig = ElasticConfig()
     reward_model_training: RewardModelTrainingConfig = RewardModelTrainingConfig()
 
     @model_validator(mode="before")

@@ -7,13 +7,24 @@ log-probs) run at the same time and are awaited together; `Pending.wait` goes th
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from rlhf.remote import gather
+from rlhf.remote import RemoteCallError, WorkerDied, gather, gather_outcomes
+
+
+class Replaceable(Protocol):
+    """What a `Pending` needs to re-send a dead worker's part (`rlhf.elastic.ElasticPool`)."""
+
+    def died(self, name: str, err: BaseException | str) -> None: ...
+
+    def served_call(self, name: str) -> None: ...
+
+    def any_serving(self, timeout_s: float) -> tuple[str, Any]: ...
 
 
 @dataclass
@@ -21,9 +32,42 @@ class Pending:
     what: str
     calls: list[tuple[str, Any]] = field(default_factory=list)  # (actor name, ObjectRef)
     parts: list[Any] = field(default_factory=list)  # what each call got (rows, for split)
+    # Set for work that any worker of an elastic pool can do: each call's (method, args),
+    # re-sent to another worker when its worker dies.
+    elastic: Replaceable | None = None
+    redo: list[tuple[str, tuple]] = field(default_factory=list)
+    resent: int = 0  # calls re-sent after a death
 
     def wait(self, timeout_s: float) -> list[Any]:
-        return gather(self.calls, timeout_s, self.what) if self.calls else []
+        if not self.calls:
+            return []
+        if self.elastic is None:
+            return gather(self.calls, timeout_s, self.what)
+        return self._wait_resending(self.elastic, timeout_s)
+
+    def _wait_resending(self, pool: Replaceable, timeout_s: float) -> list[Any]:
+        """Every call's result; a call whose worker died goes to another serving worker (or
+        a replacement, once ready), within the one deadline. Other errors raise."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = max(deadline - time.monotonic(), 0.0)
+            outcomes = gather_outcomes(self.calls, left, self.what)
+            failed = [o for o in outcomes if isinstance(o, RemoteCallError)]
+            if not failed:
+                for name, _ in self.calls:
+                    pool.served_call(name)
+                return outcomes
+            fatal = [o for o in failed if not isinstance(o, WorkerDied)]
+            if fatal:
+                raise fatal[0]
+            dead = [i for i, o in enumerate(outcomes) if isinstance(o, WorkerDied)]
+            for i in dead:
+                pool.died(self.calls[i][0], outcomes[i])
+            for i in dead:
+                name, actor = pool.any_serving(max(deadline - time.monotonic(), 0.0))
+                method, args = self.redo[i]
+                self.calls[i] = (name, getattr(actor, method).remote(*args))
+                self.resent += 1
 
 
 def wait_all(pendings: list[Pending], timeout_s: float, what: str) -> list[list[Any]]:
@@ -47,6 +91,7 @@ class Pool:
         self.role = role
         self.actors: dict[str, Any] = dict(actors or {})
         self.colocated = colocated  # takes turns with the other colocated pools
+        self.elastic: Replaceable | None = None  # set when workers may be replaced
 
     def __len__(self) -> int:
         return len(self.actors)
@@ -89,9 +134,11 @@ class Pool:
         sent. `Pending.parts` holds each call's rows, to put results back in place."""
         from rlhf.batch import split_unit_ids
 
-        pending = Pending(what or f"{self.role}.{method}")
+        pending = Pending(what or f"{self.role}.{method}", elastic=self.elastic)
         for (n, a), rows in zip(self.actors.items(), split_unit_ids(units, len(self)), strict=True):
             if len(rows):
-                pending.calls.append((n, getattr(a, method).remote(*make_args(rows))))
+                args = make_args(rows)
+                pending.calls.append((n, getattr(a, method).remote(*args)))
                 pending.parts.append(rows)
+                pending.redo.append((method, args))
         return pending

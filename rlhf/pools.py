@@ -1,22 +1,38 @@
 """The actor pools of one run, placed per the topology, and the groups that join them.
 
 Process groups: each DeepSpeed pool (learner, critic) has its own training group, and the
-weight-sync group joins learner rank 0 with every rollout worker. Adding or removing a
-rollout worker during a run means rebuilding only the sync group (`build_sync_group`).
+weight-sync group joins learner rank 0 with every serving rollout worker. Adding or removing
+a rollout worker during a run means rebuilding only the sync group (`build_sync_group`);
+the learners' training group is never touched. The rollout, reward and reference pools are
+elastic (`rlhf.elastic`): `spawner(role)` starts one more worker of them.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 
 from rlhf.config import Config, PoolConfig
-from rlhf.dispatch import Pool, wait_all
-from rlhf.remote import RemoteCallTimeout
+from rlhf.dispatch import Pending, Pool, wait_all
+from rlhf.elastic import ElasticPool, Spawn
+from rlhf.events import EventLog
+from rlhf.remote import RemoteCallError, RemoteCallTimeout, WorkerDied, gather_outcomes
 from rlhf.sync.buckets import ParamSpec
 from rlhf.sync.group import SyncEndpoint
+
+ELASTIC_POOLS = ("rollout", "reward", "reference")
+
+
+class SyncFailed(RemoteCallError):
+    """A weight sync (or the sync group's rebuild) failed because rollout workers died or
+    hung (`dead`: killed by now); the message names every member that failed and why."""
+
+    def __init__(self, message: str, dead: list[str]) -> None:
+        super().__init__(message)
+        self.dead = dead
 
 
 def _actor(cls: type, pool: PoolConfig, name: str, *args: Any) -> Any:
@@ -39,26 +55,51 @@ class Pools:
     learner: Pool = field(default_factory=lambda: Pool("learner"))
     critic: Pool = field(default_factory=lambda: Pool("critic"))
     manifest: list[ParamSpec] = field(default_factory=list)
+    model_path: str = ""
+    elastic: dict[str, ElasticPool] = field(default_factory=dict)
+    sync_store: tuple[str, int] | None = None  # the sync group's store (on learner rank 0)
 
     def all(self) -> list[Pool]:
         return [self.rollout, self.reward, self.reference, self.learner, self.critic]
 
     # ------------------------------------------------------------------ start-up
+    def spawner(self, role: str) -> Spawn:
+        """Starts worker `index` of an elastic pool (named `{role}-{index}`)."""
+        from rlhf.workers.reference import ReferenceWorker
+        from rlhf.workers.reward import RewardWorker
+        from rlhf.workers.rollout import RolloutWorker
+
+        worker, extra = {
+            "rollout": (RolloutWorker, (self.model_path,)),
+            "reward": (RewardWorker, ()),
+            "reference": (ReferenceWorker, (self.model_path,)),
+        }[role]
+        pool_cfg = getattr(self.cfg.topology, role)
+
+        def spawn(index: int) -> tuple[str, object]:
+            name = f"{role}-{index}"
+            return name, _actor(worker, pool_cfg, name, self.cfg, index, *extra)
+
+        return spawn
+
     @classmethod
-    def start(cls, cfg: Config, model_path: str, needs: frozenset[str]) -> Pools:
+    def start(
+        cls,
+        cfg: Config,
+        model_path: str,
+        needs: frozenset[str],
+        events: EventLog | None = None,
+    ) -> Pools:
         """Start what the topology asks for: the reference pool only if `needs` has
         reference log-probs, the critic pool only if it has values."""
         from rlhf.cluster import connect
         from rlhf.workers.critic import CriticWorker
         from rlhf.workers.learner import LearnerWorker
-        from rlhf.workers.reference import ReferenceWorker
-        from rlhf.workers.reward import RewardWorker
-        from rlhf.workers.rollout import RolloutWorker
 
         uses_reference, uses_critic = "ref_logprobs" in needs, "values" in needs
         connect(cfg, uses_reference, uses_critic)
         t, timeout = cfg.topology, cfg.run.call_timeout_s
-        pools = cls(cfg)
+        pools = cls(cfg, model_path=model_path)
         for pool in pools.all():
             pool.colocated = t.is_colocated(pool.role)
         ranked = [(pools.learner, LearnerWorker, t.learner)]
@@ -70,19 +111,12 @@ class Pools:
                 pool.actors[name] = _actor(
                     worker, pool_cfg, name, cfg, r, pool_cfg.workers, model_path
                 )
-        for i in range(t.rollout.workers):
-            pools.rollout.actors[f"rollout-{i}"] = _actor(
-                RolloutWorker, t.rollout, f"rollout-{i}", cfg, i, model_path
-            )
-        for i in range(t.reward.workers):
-            pools.reward.actors[f"reward-{i}"] = _actor(
-                RewardWorker, t.reward, f"reward-{i}", cfg, i
-            )
-        if uses_reference:
-            for i in range(t.reference.workers):
-                pools.reference.actors[f"reference-{i}"] = _actor(
-                    ReferenceWorker, t.reference, f"reference-{i}", cfg, i, model_path
-                )
+        elastic = [pools.rollout, pools.reward] + ([pools.reference] if uses_reference else [])
+        for pool in elastic:
+            spawn = pools.spawner(pool.role)
+            for i in range(getattr(t, pool.role).workers):
+                name, actor = spawn(i)
+                pool.actors[name] = actor
         try:
             starting = [pools._init_training(p, timeout) for p, _, _ in ranked]
             starting += [
@@ -97,6 +131,15 @@ class Pools:
                 ) from err
             pools.manifest = pools.learner.lead().call_all("weight_manifest").wait(timeout)[0]
             pools.build_sync_group(timeout)
+            for pool in elastic:  # the rollout pool admits new workers at a weight sync
+                pools.elastic[pool.role] = ElasticPool(
+                    pool,
+                    pools.spawner(pool.role),
+                    cfg.elastic,
+                    events or EventLog(),
+                    timeout,
+                    admit_when_ready=pool.role != "rollout",
+                )
         except BaseException:
             pools.shutdown()
             raise
@@ -124,6 +167,7 @@ class Pools:
             .call_all("host_sync_store", len(names), what="sync group store")
             .wait(timeout)
         )
+        self.sync_store = (host, port)
         endpoint = SyncEndpoint(
             host=host,
             port=port,
@@ -141,22 +185,89 @@ class Pools:
             [(endpoint.for_rank(r),) for r in range(1, len(names))],
             what="init_weight_sync",
         )
-        wait_all([learners, rollouts], timeout, "init_weight_sync")
+        self._settle(learners, rollouts, timeout, f"sync group of {len(names)}")
 
     # ------------------------------------------------------------------ every iteration
     def sync_weights(self, version: int, timeout: float) -> dict[str, float]:
-        """Learner rank 0 broadcasts every parameter; each rollout engine loads them."""
+        """Learner rank 0 broadcasts every parameter; each rollout engine loads them. A
+        member that dies or hangs fails it (`SyncFailed`) within `sync.timeout_s`: the
+        sender names who did not answer, and the others give up too."""
         bucket = self.cfg.sync.bucket_bytes
-        send = self.learner.call_all(
-            "broadcast_weights", version, bucket, what=f"weight sync v{version}"
-        )
+        what = f"weight sync v{version}"
+        send = self.learner.call_all("broadcast_weights", version, bucket, what=what)
         receive = self.rollout.call_all(
-            "receive_weights", self.manifest, bucket, version, what=f"weight sync v{version}"
+            "receive_weights", self.manifest, bucket, version, what=what
         )
-        stats, _ = wait_all([send, receive], timeout, f"weight sync v{version}")
-        return stats[0]
+        return self._settle(send, receive, timeout, what)[0]
+
+    def _settle(self, learners: Pending, rollouts: Pending, timeout: float, what: str) -> list:
+        """Wait for every member's call of a sync-group step.
+
+        A rollout worker that dies makes the others give up at once (`cancel_sync`) instead
+        of waiting out `sync.timeout_s`; once the sender has answered, receivers get
+        `sync.timeout_s` more, and one that still has not answered is hung: it is killed.
+        A dead learner stops the run (`WorkerDied`); the rollout workers that died or hung
+        are `SyncFailed.dead`."""
+        calls = learners.calls + rollouts.calls
+        outcomes: list = [None] * len(calls)
+        index = {ref: i for i, (_, ref) in enumerate(calls)}
+        pending = set(index)
+        deadline = time.monotonic() + timeout
+        cancelled = False
+        while pending:
+            left = deadline - time.monotonic()
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(left, 0.0))
+            if not ready:
+                break
+            for ref in ready:
+                pending.discard(ref)
+                i = index[ref]
+                outcomes[i] = gather_outcomes([calls[i]], 1.0, what)[0]
+                name = calls[i][0]
+                if isinstance(outcomes[i], WorkerDied) and not cancelled:
+                    cancelled = self._cancel_sync(f"{name} died")
+                if name in self.learner.actors and not any(
+                    calls[j][1] in pending for j in range(len(learners.calls))
+                ):  # the sender is done: receivers have sync.timeout_s more at most
+                    deadline = min(deadline, time.monotonic() + self.cfg.sync.timeout_s)
+        for ref in pending:
+            i = index[ref]
+            outcomes[i] = RemoteCallTimeout(f"{what}: {calls[i][0]} did not answer (hung)")
+        errors = {
+            n: o for (n, _), o in zip(calls, outcomes, strict=True) if isinstance(o, Exception)
+        }
+        if not errors:
+            return outcomes
+        for name, err in errors.items():
+            if name in self.learner.actors and isinstance(err, WorkerDied | RemoteCallTimeout):
+                raise err
+        dead = [
+            n for n, e in errors.items() if n in self.rollout.actors and isinstance(e, WorkerDied)
+        ]
+        hung = [
+            n
+            for n, e in errors.items()
+            if n in self.rollout.actors and isinstance(e, RemoteCallTimeout)
+        ]
+        for name in hung:
+            ray.kill(self.rollout.actors[name], no_restart=True)
+        detail = "; ".join(f"{n}: {e}" for n, e in errors.items())
+        raise SyncFailed(f"{what} failed: {detail}", dead + hung)
+
+    def _cancel_sync(self, reason: str) -> bool:
+        from rlhf.sync.group import cancel_sync
+
+        if self.sync_store is None:
+            return False
+        try:
+            cancel_sync(*self.sync_store, reason)
+        except Exception:  # the store is gone (its host died): the waits fail on their own
+            return False
+        return True
 
     def shutdown(self) -> None:
+        for elastic in self.elastic.values():
+            elastic.shutdown()
         for pool in (self.rollout, self.reward, self.learner, self.critic):
             for actor in pool.actors.values():
                 try:

@@ -50,3 +50,30 @@ def gather(calls: list[tuple[str, ray.ObjectRef]], timeout_s: float, what: str) 
                     f"{what}: {name} did not answer within {timeout_s:.0f} s"
                 ) from err
     return results
+
+
+def gather_outcomes(
+    calls: list[tuple[str, ray.ObjectRef]], timeout_s: float, what: str
+) -> list[Any]:
+    """Like `gather`, but waits for every call and raises nothing: each slot holds the call's
+    result or the `RemoteCallError` it ended with (`WorkerDied`, or `RemoteCallTimeout` for a
+    call still running at the deadline). For callers that recover per call."""
+    outcomes: list[Any] = [None] * len(calls)
+    pending = {ref: i for i, (_, ref) in enumerate(calls)}
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        left = max(deadline - time.monotonic(), 0.0)
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=left)
+        if not ready:
+            for i in pending.values():
+                outcomes[i] = RemoteCallTimeout(
+                    f"{what}: {calls[i][0]} did not answer within {timeout_s:.0f} s"
+                )
+            break
+        for ref in ready:
+            i = pending.pop(ref)
+            try:
+                outcomes[i] = gather([calls[i]], 1.0, what)[0]  # ready: no wait
+            except RemoteCallError as err:
+                outcomes[i] = err
+    return outcomes

@@ -11,6 +11,12 @@ queued then run on the new weights.
 Every wait of the controller goes through `wait` or `result`, which keep the workers fed
 while they wait: with `rollout.max_staleness = k > 0` the controller submits the next k
 batches before it trains, and they are generated while the learner works.
+
+Workers come and go (`rlhf.elastic`): a worker whose call fails because it died is dropped
+and its call goes back to the front of the queue, so no prompt is lost and none is generated
+twice; a worker marked leaving gets no new call; a new worker is `add`ed once it holds the
+current weights. A queue that no worker is left to serve calls `on_starved`, which brings a
+replacement in (the controller syncs it first).
 """
 
 from __future__ import annotations
@@ -24,8 +30,9 @@ from typing import Any
 
 import ray
 
-from rlhf.dispatch import Pending, Pool, wait_all
-from rlhf.remote import RemoteCallTimeout, gather
+from rlhf.dispatch import Pending, Pool
+from rlhf.elastic import ElasticPool
+from rlhf.remote import RemoteCallTimeout, WorkerDied, gather
 from rlhf.types import Rollout
 
 
@@ -45,6 +52,7 @@ class _Request:
     greedy: bool
     what: str
     results: list[Rollout | None] = field(default_factory=list)
+    requeued: int = 0  # calls sent again because their worker died
 
     @property
     def done(self) -> bool:
@@ -52,13 +60,22 @@ class _Request:
 
 
 class RolloutScheduler:
-    def __init__(self, pool: Pool, prompts_per_call: int | None = None) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        prompts_per_call: int | None = None,
+        elastic: ElasticPool | None = None,
+        on_starved: Callable[[], None] | None = None,
+    ) -> None:
         self.pool = pool
         self.prompts_per_call = prompts_per_call
+        self.elastic = elastic
+        self.on_starved = on_starved
         self.free: deque[str] = deque(pool.actors)  # workers with no call in flight
         self.queue: deque[_Call] = deque()
         self.inflight: dict[ray.ObjectRef, tuple[str, _Call]] = {}
         self.requests: dict[int, _Request] = {}
+        self.requeued = 0  # calls sent again because their worker died, over the run
         self._next_id = 0
 
     # ------------------------------------------------------------------ requests
@@ -73,7 +90,8 @@ class RolloutScheduler:
         """Queue a request; returns its id for `result`. Call j's seed is `seed` plus the
         index of its first prompt, so samples do not depend on which worker runs a call."""
         rid, self._next_id = self._next_id, self._next_id + 1
-        per = self.prompts_per_call or max(1, math.ceil(len(prompt_ids) / len(self.pool)))
+        workers = self.elastic.size if self.elastic is not None else len(self.pool)
+        per = self.prompts_per_call or max(1, math.ceil(len(prompt_ids) / max(workers, 1)))
         starts = list(range(0, len(prompt_ids), per))
         request = _Request(prompt_ids, n, seed, greedy, what, [None] * len(starts))
         self.requests[rid] = request
@@ -90,11 +108,20 @@ class RolloutScheduler:
         return [r for r in request.results if r is not None]
 
     def wait(self, pendings: list[Pending], timeout_s: float, what: str) -> list[list[Any]]:
-        """`dispatch.wait_all`, keeping the workers fed meanwhile."""
+        """Each pending's results (`Pending.wait`), keeping the workers fed meanwhile."""
         calls = [c for p in pendings for c in p.calls]
         refs = {ref for _, ref in calls}
         self._pump(calls, lambda ready: refs <= ready, timeout_s, what)
-        return wait_all(pendings, timeout_s, what)
+        return [p.wait(timeout_s) for p in pendings]
+
+    # ------------------------------------------------------------------ membership
+    def add(self, names: list[str]) -> None:
+        """New workers, holding the current weights, start taking calls."""
+        self.free.extend(n for n in names if n not in self.free)
+        self._dispatch()
+
+    def idle(self, name: str) -> bool:
+        return all(n != name for n, _ in self.inflight.values())
 
     def drain(self, timeout_s: float) -> None:
         """Wait until no call is in flight, handing out no new one (before a weight sync)."""
@@ -102,6 +129,8 @@ class RolloutScheduler:
 
     # ------------------------------------------------------------------ the loop
     def _dispatch(self) -> None:
+        leaving = self.elastic.leaving if self.elastic is not None else set()
+        self.free = deque(n for n in self.free if n in self.pool.actors and n not in leaving)
         while self.queue and self.free:
             call, name = self.queue.popleft(), self.free.popleft()
             r = self.requests[call.request]
@@ -112,9 +141,22 @@ class RolloutScheduler:
 
     def _finish(self, ref: ray.ObjectRef, timeout_s: float) -> None:
         name, call = self.inflight.pop(ref)
-        what = self.requests[call.request].what
-        (rollout,) = gather([(name, ref)], timeout_s, what)  # ready: raises naming the worker
-        self.requests[call.request].results[call.index] = rollout
+        request = self.requests[call.request]
+        try:
+            (rollout,) = gather([(name, ref)], timeout_s, request.what)  # ready: no wait
+        except WorkerDied as err:
+            if self.elastic is None:
+                raise
+            self.elastic.died(name, err)  # raises when the restart budget is spent
+            self.queue.appendleft(call)  # first in line: its request is the oldest
+            request.requeued += 1
+            self.requeued += 1
+            return
+        if request.results[call.index] is not None:  # each call is handed out once at a time
+            raise RuntimeError(f"{request.what}: call {call.index} came back twice")
+        request.results[call.index] = rollout
+        if self.elastic is not None:
+            self.elastic.served_call(name)
         self.free.append(name)
 
     def _pump(
@@ -133,6 +175,9 @@ class RolloutScheduler:
             if dispatch:
                 self._dispatch()
             waiting = [ref for _, ref in others if ref not in ready_others] + list(self.inflight)
+            if not waiting and dispatch and self.queue and self.on_starved is not None:
+                self.on_starved()  # every worker is gone: a replacement comes in
+                continue
             if not waiting:
                 raise RuntimeError(f"{what}: nothing in flight can finish the wait")
             left = deadline - time.monotonic()

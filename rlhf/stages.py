@@ -245,9 +245,17 @@ class ValueStage(ForwardStage):
 def rollout_metrics(s: Sampled) -> dict[str, float]:
     lengths = s.batch["completion_mask"].sum(axis=1)
     busy: dict[str, float] = {}  # each worker's seconds generating this batch
+    per_worker: dict[str, float] = {}  # prompts and tokens each worker generated
     for r in s.rollouts:
         busy[r.worker] = busy.get(r.worker, 0.0) + r.seconds
+        key = f"worker/{r.worker}"
+        per_worker[f"{key}/prompts"] = per_worker.get(f"{key}/prompts", 0.0) + len(
+            set(r.prompt_index)
+        )
+        tokens = float(sum(len(c) for c in r.completion_ids))
+        per_worker[f"{key}/tokens"] = per_worker.get(f"{key}/tokens", 0.0) + tokens
     return {
+        **per_worker,
         "time/generate_busy": max(busy.values(), default=0.0),
         "rollout/tokens": float(lengths.sum()),
         "rollout/length_mean": float(lengths.mean()),

@@ -259,3 +259,43 @@ def test_receiver_names_a_sender_that_never_starts():
     port = free_port()
     with pytest.raises(WeightSyncTimeout, match=r"learner-0 \(sync rank 0\)"):
         WeightSyncGroup(HOST, port, 1, 2, "gloo", 2.0, NAMES[:2])
+
+
+@pytest.mark.slow
+def test_cancel_stops_a_sender_waiting_on_a_dead_receiver_long_before_its_deadline():
+    """The controller saw rollout-1 die: `cancel_sync` makes the sender stop waiting for it
+    at once (with the reason), instead of at its 600 s deadline; the waiting receiver stops
+    too."""
+    import threading
+
+    from rlhf.sync.group import cancel_sync
+
+    port = free_port()
+    ready = _spawn(_receiver, port, 1, 3, [1], 4096, 600.0)
+    idle = _spawn(_receiver, port, 2, 3, [], 4096, 600.0)
+    sender = WeightSyncGroup(HOST, port, 0, 3, "gloo", 600.0, NAMES)
+    failure: list[BaseException] = []
+
+    def send() -> None:
+        state = _state(1)
+        try:
+            sender.send(state.items(), manifest_of(state.items()), 4096, 1)
+        except BaseException as err:
+            failure.append(err)
+
+    try:
+        thread = threading.Thread(target=send, daemon=True)
+        thread.start()
+        cancel_sync(HOST, port, "rollout-1 died")
+        thread.join(timeout=60)  # a tenth of the deadline: cancelled, not timed out
+        assert not thread.is_alive()
+        (err,) = failure
+        assert isinstance(err, WeightSyncTimeout)
+        assert "cancelled: rollout-1 died" in str(err)
+        rank, version, message = ready[1].get(timeout=60)
+        assert (rank, version) == (1, -1)  # it stops too: cancelled, or aborted by the sender
+        assert "rollout-1 died" in message or "aborted version 1" in message
+    finally:
+        sender.close()
+        for proc, _ in (ready, idle):
+            _join(proc, timeout=60)

@@ -26,6 +26,22 @@ from rlhf.sync.buckets import ParamSpec, bucket_nbytes, check_matches, pack_buck
 from rlhf.sync.buckets import unpack_bucket as _unpack
 
 SENDER = 0
+CANCEL_KEY = "cancel"  # posted by `cancel_sync`: every wait of the group gives up
+
+
+def cancel_sync(host: str, port: int, reason: str, timeout_s: float = 10.0) -> None:
+    """Make every member of the sync group whose store is at host:port stop waiting (a
+    member died: the others would otherwise wait out `sync.timeout_s`). The group must be
+    rebuilt afterwards."""
+    client = dist.TCPStore(
+        host,
+        port,
+        None,
+        is_master=False,
+        timeout=timedelta(seconds=timeout_s),
+        wait_for_workers=False,
+    )
+    client.set(CANCEL_KEY, reason)
 
 
 @dataclass(frozen=True)
@@ -214,21 +230,37 @@ class WeightSyncGroup:
         self._wait_keys({r: f"{prefix}/{r}" for r in ranks if r != self.rank}, what)
 
     def _wait_keys(self, keys: dict[int, str], what: str, timeout_s: float | None = None) -> None:
+        """Until every key exists; raises at the deadline naming the ranks whose key is
+        missing, or at once when someone outside posts `CANCEL_KEY` (`cancel_sync`: the
+        controller saw a member die, so waiting on it is pointless)."""
         assert self._store is not None
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
         if not keys:
             return
+        deadline = time.monotonic() + timeout_s
+        pause = 0.001
+        cause: Exception | None = None
         try:
-            self._store.wait(list(keys.values()), timedelta(seconds=timeout_s))
-            return
-        except Exception as e:
-            cause: Exception = e
+            while not self._store.check(list(keys.values())):
+                if self._store.check([CANCEL_KEY]):
+                    reason = self._store.get(CANCEL_KEY).decode()
+                    raise WeightSyncTimeout(f"{self._who(self.rank)}: {what} cancelled: {reason}")
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(pause)
+                pause = min(pause * 2, 0.02)  # quick when peers are on time, cheap when not
+            else:
+                return
+        except WeightSyncTimeout:
+            raise
+        except Exception as e:  # the store itself is gone: the sender (its host) died
+            cause = e
         missing = []
         for r, k in keys.items():
             try:
                 if not self._store.check([k]):
                     missing.append(r)
-            except Exception:  # the store itself is gone: the sender (its host) died
+            except Exception:
                 missing.append(SENDER)
                 break
         missing = sorted(set(missing)) or sorted(keys)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
@@ -30,6 +32,10 @@ class ReferenceWorker:
 
     def ready(self) -> str:
         return self.name
+
+    def pid(self) -> int:
+        """The worker's process id (to watch or kill it from outside)."""
+        return os.getpid()
 
     @torch.no_grad()
     def logprobs(self, batch: TrainBatch) -> np.ndarray:

@@ -3,6 +3,7 @@ completions, and the configured pairwise judge over pairs of them."""
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -48,6 +49,10 @@ class RewardWorker:
 
     def ready(self) -> str:
         return self.name
+
+    def pid(self) -> int:
+        """The worker's process id (to watch or kill it from outside)."""
+        return os.getpid()
 
     def score(
         self,

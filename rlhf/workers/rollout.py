@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from rlhf.config import Config
@@ -37,6 +38,10 @@ class RolloutWorker:
 
     def ready(self) -> str:
         return self.name
+
+    def pid(self) -> int:
+        """The worker's process id (to watch or kill it from outside)."""
+        return os.getpid()
 
     def generate(
         self, prompt_ids: list[list[int]], n: int, seed: int | None, greedy: bool = False
