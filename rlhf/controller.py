@@ -30,11 +30,11 @@ from rlhf.algorithms import make_algorithm
 from rlhf.algorithms.base import STAGE_COLUMNS
 from rlhf.batch import TrainBatch, collate_rollouts, plan_shards
 from rlhf.config import Config, dump_config
-from rlhf.control import take_scale_requests
 from rlhf.dispatch import Pending, Pool
 from rlhf.events import EventLog
+from rlhf.membership import Membership
 from rlhf.metrics import MetricsLog, combine, console_line, mean_over
-from rlhf.pools import Pools, SyncFailed
+from rlhf.pools import Pools
 from rlhf.scheduler import RolloutScheduler
 from rlhf.stages import (
     OldLogprobStage,
@@ -69,91 +69,29 @@ class Trainer:
         self.metrics = MetricsLog(run_dir)
         self.events = EventLog(run_dir)
         self.timeout = cfg.run.call_timeout_s
-        self._sync_members: tuple[str, ...] = ()  # the rollout workers the sync group joins
-        self.sync_failures = 0
+        self.membership: Membership | None = None
         (run_dir / "config.yaml").write_text(dump_config(cfg))
 
     # ------------------------------------------------------------------ set-up
     def start(self) -> None:
         self.pools = Pools.start(self.cfg, self.model_path, self.algorithm.needs, self.events)
-        self._sync_members = tuple(self.pools.rollout.actors)
         self.scheduler = RolloutScheduler(
-            self.pools.rollout,
-            self.cfg.rollout.prompts_per_call,
-            elastic=self.pools.elastic["rollout"],
-            on_starved=self._bring_in_rollout,
+            self.pools.rollout, self.cfg.rollout.prompts_per_call, self.pools.elastic["rollout"]
+        )
+        self.membership = Membership(
+            self.pools,
+            self.scheduler,
+            self.events,
+            self.run_dir,
+            self.timeout,
+            lambda: self.policy_version,
         )
         self._sleeps = uses_sleep_mode(self.cfg)
 
-    # ------------------------------------------------------------------ membership
     def scale(self, **sizes: int) -> None:
-        """Change pool sizes of the running job (`rollout=3`, `reward=2`, `reference=1`):
-        new workers start now and join once ready (rollout workers at the next weight sync,
-        with the current weights); removed workers finish their call first."""
-        assert self.pools is not None
-        for role, n in sizes.items():
-            if role not in self.pools.elastic:
-                started = ", ".join(self.pools.elastic)
-                raise ValueError(f"cannot scale {role!r}: the pools that scale are {started}")
-            self.pools.elastic[role].resize(int(n))
-
-    def _membership(self) -> None:
-        """Between iterations: apply `rlhf scale` requests, start due workers, let ready
-        reward/reference workers in and leaving ones out (they have no call in flight)."""
-        assert self.pools is not None
-        for request in take_scale_requests(self.run_dir):
-            try:
-                self.scale(**request)
-            except (ValueError, TypeError) as err:
-                self.events.record("scale_refused", request=request, error=str(err))
-        for role, elastic in self.pools.elastic.items():
-            elastic.poll()
-            if role != "rollout":
-                elastic.remove_leaving()
-
-    def _bring_in_rollout(self) -> None:
-        """No rollout worker is left and work is queued: wait for a replacement, sync it the
-        current weights, and let it take the queue."""
-        assert self.pools is not None
-        self.pools.elastic["rollout"].wait_ready(self.timeout)
-        self._sync_rollout(self.policy_version)
-
-    def _sync_rollout(self, version: int) -> dict[str, float]:
-        """Weights `version` to every serving rollout worker, once nothing is in flight.
-        First the membership settles: leaving workers go, ready ones join, and the sync group
-        is rebuilt if its members changed. A sync that fails because members died or hung
-        (named in the error, within `sync.timeout_s`) is counted, the dead are replaced, and
-        it is tried again on the rebuilt group."""
-        assert self.pools is not None and self.scheduler is not None
-        roll = self.pools.elastic["rollout"]
-        joined: list[str] = []
-        while True:
-            roll.remove_leaving(self.scheduler.idle)
-            for name in roll.poll():
-                roll.admit(name)
-                joined.append(name)
-            if not self.pools.rollout.actors:  # the failed syncs took every worker
-                for name in roll.wait_ready(self.timeout):
-                    roll.admit(name)
-                    joined.append(name)
-            members = tuple(self.pools.rollout.actors)
-            try:
-                if members != self._sync_members:
-                    self._sync_members = ()  # unknown until the rebuild completes
-                    self.pools.build_sync_group(self.timeout)
-                    self._sync_members = members
-                stats = self.pools.sync_weights(version, self.timeout)
-            except SyncFailed as err:
-                self.sync_failures += 1
-                self._sync_members = ()  # the group is broken: rebuilt next try
-                self.events.record("sync_failed", version=version, dead=err.dead, error=str(err))
-                if not err.dead:
-                    raise
-                for name in err.dead:
-                    roll.died(name, err)
-                continue
-            self.scheduler.add([n for n in joined if n in self.pools.rollout.actors])
-            return stats
+        """Resize elastic pools of the running job (`Membership.scale`)."""
+        assert self.membership is not None
+        self.membership.scale(**sizes)
 
     def _stages(self, columns: set[str] | frozenset[str]) -> list[Stage]:
         assert self.pools is not None
@@ -174,7 +112,8 @@ class Trainer:
         record: dict[str, Any] = {"iteration": it, "policy_version": self.policy_version}
         started = time.perf_counter()
         self.events.iteration = it
-        self._membership()
+        assert self.membership is not None
+        self.membership.between_iterations()
 
         t0 = time.perf_counter()
         sampled = self._batch(it)
@@ -224,23 +163,14 @@ class Trainer:
             record["time/sync_wait"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             self.policy_version += 1
-            stats = self._sync_rollout(self.policy_version)
+            stats = self.membership.sync_rollout(self.policy_version)
             record["time/sync"] = time.perf_counter() - t0
             record["sync/bytes"] = stats.get("bytes", 0.0)
             record["sync/send_seconds"] = stats.get("seconds", 0.0)
         record.update(algo.after_iteration(record))
-        record.update(self._elastic_metrics())
+        record.update(self.membership.metrics())
         record["time/iteration"] = time.perf_counter() - started
         return record
-
-    def _elastic_metrics(self) -> dict[str, float]:
-        assert self.pools is not None and self.scheduler is not None
-        out: dict[str, float] = {}
-        for elastic in self.pools.elastic.values():
-            out.update(elastic.metrics())
-        out["elastic/rollout_requeued_calls"] = float(self.scheduler.requeued)
-        out["elastic/sync_failures"] = float(self.sync_failures)
-        return out
 
     def _record_batch(self, it: int, sampled: Sampled) -> None:
         """`batches.jsonl` (run.record_batches): per prompt of the batch, how many samples it

@@ -269,7 +269,9 @@ def test_receivers_killed_or_stalled_mid_sync_fail_it_naming_them_and_the_run_re
         os.kill(pid, signal.SIGSTOP)
         version = trainer.policy_version
         synced: dict = {}
-        sync = threading.Thread(target=lambda: synced.update(trainer._sync_rollout(version)))
+        sync = threading.Thread(
+            target=lambda: synced.update(trainer.membership.sync_rollout(version))
+        )
         sync.start()
         time.sleep(1.0)  # the sender and rollout-0 are in the sync, waiting for rollout-1
         os.kill(pid, signal.SIGKILL)
@@ -289,7 +291,7 @@ def test_receivers_killed_or_stalled_mid_sync_fail_it_naming_them_and_the_run_re
         assert list(trainer.pools.rollout.actors) == ["rollout-0", "rollout-2"]
         os.kill(elastic.pids["rollout-2"], signal.SIGSTOP)
         version = trainer.policy_version
-        assert trainer._sync_rollout(version)["bytes"] > 0
+        assert trainer.membership.sync_rollout(version)["bytes"] > 0
         stalled = trainer.events.of("sync_failed")[1]
         assert stalled["dead"] == ["rollout-2"] and stalled["version"] == version
         assert (
