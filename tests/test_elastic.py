@@ -25,6 +25,7 @@ from rlhf.control import ControlError, parse_sizes, request_scale, take_scale_re
 from rlhf.controller import Trainer
 from rlhf.data.tasks import make_task
 from rlhf.models.default_model import prepare_model
+from rlhf.remote import WorkerDied
 
 PROMPTS, SAMPLES = 8, 4
 
@@ -217,16 +218,27 @@ def test_killed_workers_of_every_elastic_pool_are_replaced_and_no_prompt_is_lost
 
 
 @pytest.mark.slow
-def test_restart_budget_spent_stops_the_run_naming_the_worker(tmp_path, ray_cluster):
+def test_what_is_not_replaced_stops_the_run_naming_the_worker(tmp_path, ray_cluster):
+    """A pool whose restart budget is spent, and a learner rank (its training group cannot
+    lose a member), stop the run with an error that names the worker."""
     trainer = _trainer(tmp_path, "budget", ["topology.rollout.workers=1", "elastic.max_restarts=0"])
     try:
         trainer.start()
         assert trainer.pools is not None
-        elastic = trainer.pools.elastic["rollout"]
-        os.kill(elastic.pids["rollout-0"], signal.SIGKILL)
+        os.kill(trainer.pools.elastic["rollout"].pids["rollout-0"], signal.SIGKILL)
         with pytest.raises(
-            Exception, match=r"rollout-0 died and the rollout pool's restart budget"
+            WorkerDied, match=r"rollout-0 died and the rollout pool's restart budget"
         ):
+            trainer.iteration(0)
+    finally:
+        trainer.close()
+    trainer = _trainer(tmp_path, "learner", ["topology.rollout.workers=1"])
+    try:
+        trainer.start()
+        assert trainer.pools is not None
+        learner = trainer.pools.learner.actors["learner-0"]
+        os.kill(ray.get(learner.pid.remote(), timeout=60), signal.SIGKILL)
+        with pytest.raises(WorkerDied, match="learner-0 died"):
             trainer.iteration(0)
     finally:
         trainer.close()
@@ -316,7 +328,8 @@ def test_receivers_killed_or_stalled_mid_sync_fail_it_naming_them_and_the_run_re
 def test_rollout_pool_grows_from_1_to_3_and_shrinks_to_1_during_a_run(tmp_path, ray_cluster):
     """`rlhf scale` on a running job (vLLM engines): each new worker joins at a weight sync
     and its first samples come from the current weights; the removed workers finish their
-    calls, so no call is sent twice and no prompt is lost."""
+    calls, so no call is sent twice and no prompt is lost. The reward pool grows and shrinks
+    alongside."""
     from rlhf.cli import main
 
     trainer = _trainer(tmp_path, "scaled", ["rollout.engine=vllm", "topology.rollout.workers=1"])
@@ -324,22 +337,23 @@ def test_rollout_pool_grows_from_1_to_3_and_shrinks_to_1_during_a_run(tmp_path, 
     try:
         trainer.start()
         records = _drive_from(trainer, 0, lambda recs: len(recs) >= 2, most=2)
-        assert main(["scale", run, "rollout=3"]) == 0
+        assert main(["scale", run, "rollout=3", "reward=2"]) == 0
 
         def grown(recs: list[dict]) -> bool:
-            return recs[-1]["workers/rollout"] == 3
+            return recs[-1]["workers/rollout"] == 3 and recs[-1]["workers/reward"] == 2
 
         records += _drive_from(trainer, len(records), grown, most=300)
         records += _drive_from(trainer, len(records), lambda recs: len(recs) >= 2, most=2)
-        assert main(["scale", run, "rollout=1"]) == 0
+        assert main(["scale", run, "rollout=1", "reward=1"]) == 0
         records += _drive_from(trainer, len(records), lambda recs: len(recs) >= 2, most=2)
     finally:
         trainer.close()
 
     assert [r["workers/rollout"] for r in records[:2]] == [1, 1]
     assert [r["workers/rollout"] for r in records[-2:]] == [1, 1]
+    assert [r["workers/reward"] for r in records[-2:]] == [1, 1]
     removed = [e["worker"] for e in trainer.events.of("worker_removed")]
-    assert sorted(removed) == ["rollout-1", "rollout-2"]  # the newest leave first
+    assert sorted(removed) == ["reward-1", "rollout-1", "rollout-2"]  # the newest leave
     assert records[-1]["elastic/rollout_requeued_calls"] == 0  # nothing was generated twice
     batches = _check_every_prompt_trained_once(trainer, len(records))
     first_batch = {}

@@ -7,6 +7,7 @@ ZeRO-3 a forward pass, a gather of full weights, or a save is a collective over 
 
 from __future__ import annotations
 
+import os
 import time
 from abc import ABC, abstractmethod
 from typing import ClassVar
@@ -56,6 +57,10 @@ class DeepSpeedWorker(ABC):
     # ------------------------------------------------------------------ set-up
     def ready(self) -> str:
         return self.name
+
+    def pid(self) -> int:
+        """The rank's process id (to watch or kill it from outside)."""
+        return os.getpid()
 
     def node_address(self) -> str:
         import ray
