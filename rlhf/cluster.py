@@ -10,6 +10,8 @@ from rlhf.config import Config
 
 log = logging.getLogger(__name__)
 
+SCALE_ROOM = 4  # a local cluster's CPUs, as a multiple of what the pools reserve at start
+
 
 def started_pools(uses_reference: bool, uses_critic: bool = False) -> list[str]:
     """The pools a run starts: reference and critic only when the algorithm needs them."""
@@ -67,9 +69,12 @@ def connect(cfg: Config, uses_reference: bool, uses_critic: bool = False) -> Non
     if cfg.ray.address is None:
         warn_if_oversubscribed(cfg, uses_reference, uses_critic)
         # Phases run one after another, so a local cluster may promise more CPUs than the
-        # machine has: the topology's reservations are for placement, not exclusive use.
+        # machine has: the topology's reservations are for placement, not exclusive use. It
+        # promises SCALE_ROOM times what the pools start with, so `rlhf scale` and the
+        # replacement of a dead worker find room without waiting for one to leave.
         num_cpus = cfg.ray.num_cpus or max(
-            math.ceil(requested_cpus(cfg, uses_reference, uses_critic)), os.cpu_count() or 1
+            math.ceil(SCALE_ROOM * requested_cpus(cfg, uses_reference, uses_critic)),
+            os.cpu_count() or 1,
         )
         ray.init(
             num_cpus=num_cpus,

@@ -78,7 +78,9 @@ class TopologyConfig(Section):
 class RayConfig(Section):
     address: str | None = Field(None, description="None starts a local cluster; 'auto' joins one")
     num_cpus: int | None = Field(
-        None, description="local cluster only; default: what the topology asks"
+        None,
+        description="local cluster only; default: 4x what the topology reserves at start "
+        "(room for `rlhf scale` and replacements), at least the machine's cores",
     )
     include_dashboard: bool = False
     namespace: str = "rlhf"

@@ -35,11 +35,16 @@ from rlhf.remote import WorkerDied
 Spawn = Callable[[int], tuple[str, Any]]
 
 
+# A worker not ready after this long is reported once (it may be waiting for resources).
+SLOW_START_S = 120.0
+
+
 @dataclass
 class _Starting:
     actor: Any
     ready: ray.ObjectRef
     since: float
+    reported: bool = False
 
 
 class ElasticPool:
@@ -155,8 +160,19 @@ class ElasticPool:
                 continue
             ready.append(name)
         for name, s in list(self.starting.items()):
-            if name not in ready and now - s.since > self.start_timeout_s:
+            if name in ready:
+                continue
+            if now - s.since > self.start_timeout_s:
                 self.died(name, f"not ready within {self.start_timeout_s:.0f} s")
+            elif now - s.since > SLOW_START_S and not s.reported:
+                s.reported = True  # most likely waiting for the CPUs/GPUs it reserves
+                self.events.record(
+                    "worker_slow_to_start",
+                    pool=self.role,
+                    worker=name,
+                    waited_s=round(now - s.since),
+                    cluster_free=ray.available_resources(),
+                )
         if self.admit_when_ready:
             for name in ready:
                 self.admit(name)

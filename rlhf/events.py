@@ -15,7 +15,7 @@ from typing import Any
 
 log = logging.getLogger("rlhf.events")
 
-WARNINGS = {"worker_died", "sync_failed", "worker_start_failed"}
+WARNINGS = {"worker_died", "sync_failed", "worker_start_failed", "worker_slow_to_start"}
 
 
 class EventLog:

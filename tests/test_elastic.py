@@ -53,6 +53,18 @@ def test_scale_requests_are_checked_and_taken_once(tmp_path):
         request_scale(tmp_path, {"rollout": 2})
 
 
+def test_rlhf_scale_refuses_bad_requests_with_exit_code_2(tmp_path, capsys):
+    from rlhf.cli import main
+
+    (tmp_path / "config.yaml").write_text("{}")
+    assert main(["scale", str(tmp_path / "nope"), "rollout=2"]) == 2
+    assert "no run folder" in capsys.readouterr().err
+    assert main(["scale", str(tmp_path), "learner=2"]) == 2
+    assert "pools that scale are rollout, reward, reference" in capsys.readouterr().err
+    assert main(["scale", str(tmp_path), "reward=2"]) == 0
+    assert take_scale_requests(tmp_path) == [{"reward": 2}]
+
+
 # ---------------------------------------------------------------- on Ray
 @pytest.fixture(scope="module")
 def ray_cluster():
