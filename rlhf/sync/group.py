@@ -169,6 +169,7 @@ class WeightSyncGroup:
         # Kept from one sync to the next: the sender's packing buffer, and on CPU each
         # bucket's receive buffer (see `_receive_buffer`).
         self._scratch: torch.Tensor | None = None
+        self._last_sent: int | None = None  # its store keys are deleted by the next send
         self._received: dict[int, tuple[torch.Tensor, int]] = {}
         timeout = timedelta(seconds=self.timeout_s)
         try:
@@ -248,7 +249,7 @@ class WeightSyncGroup:
                 if time.monotonic() >= deadline:
                     break
                 time.sleep(pause)
-                pause = min(pause * 2, 0.02)  # quick when peers are on time, cheap when not
+                pause = min(pause * 2, 0.005)  # quick when peers are on time, cheap when not
             else:
                 return
         except WeightSyncTimeout:
@@ -322,6 +323,13 @@ class WeightSyncGroup:
             self._store.set(f"go/{version}", f"abort:{e}")  # receivers waiting fail fast
             raise
         self._store.set(f"go/{version}", "ok")
+        # Every receiver is ready for this version, so each has read the previous one's "go":
+        # only now may its keys go (a receiver that reads "go" late must still find it).
+        if self._last_sent is not None and self._last_sent != version:
+            previous = self._last_sent
+            for k in [f"go/{previous}", *(f"ready/{previous}/{r}" for r in receivers)]:
+                self._store.delete_key(k)
+        self._last_sent = version
         t1 = time.perf_counter()
         source = iter(named_tensors)
         buckets = plan_buckets(manifest, bucket_bytes)
@@ -346,8 +354,6 @@ class WeightSyncGroup:
             sent += sum(spec.nbytes for spec in bucket)  # payload, not padding
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()
-        for k in [*receivers.values(), f"go/{version}"]:
-            self._store.delete_key(k)
         t2 = time.perf_counter()
         return {
             "bytes": float(sent),
