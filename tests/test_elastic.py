@@ -202,7 +202,9 @@ def test_killed_workers_of_every_elastic_pool_are_replaced_and_no_prompt_is_lost
             )
 
         try:
-            records = _drive(trainer, absorbed, most=400)
+            records = _drive(trainer, absorbed, most=2000)
+            # one more batch: the last replacement joined at the last sync
+            records += _drive_from(trainer, len(records), lambda _: True, most=1)
         finally:
             for k in killers:
                 k.stop.set()
@@ -309,7 +311,7 @@ def test_receivers_killed_or_stalled_mid_sync_fail_it_naming_them_and_the_run_re
             "rollout-1 died" in killed["error"]
         ), killed["error"]
         assert trainer.pools.rollout.actors.keys() == {"rollout-0"}
-        records += _drive_from(trainer, len(records), replaced, most=200)
+        records += _drive_from(trainer, len(records), replaced, most=1000)
 
         # stalled in the middle of a sync
         assert list(trainer.pools.rollout.actors) == ["rollout-0", "rollout-2"]
@@ -323,7 +325,7 @@ def test_receivers_killed_or_stalled_mid_sync_fail_it_naming_them_and_the_run_re
             in stalled["error"]
         ), stalled["error"]
         assert "rollout-2 did not answer (hung)" in stalled["error"]
-        records += _drive_from(trainer, len(records), replaced, most=200)
+        records += _drive_from(trainer, len(records), replaced, most=1000)
         records += _drive_from(trainer, len(records), lambda _: True, most=1)
     finally:
         trainer.close()
@@ -354,7 +356,7 @@ def test_rollout_pool_grows_from_1_to_3_and_shrinks_to_1_during_a_run(tmp_path, 
         def grown(recs: list[dict]) -> bool:
             return recs[-1]["workers/rollout"] == 3 and recs[-1]["workers/reward"] == 2
 
-        records += _drive_from(trainer, len(records), grown, most=300)
+        records += _drive_from(trainer, len(records), grown, most=1000)
         records += _drive_from(trainer, len(records), lambda recs: len(recs) >= 2, most=2)
         assert main(["scale", run, "rollout=1", "reward=1"]) == 0
         records += _drive_from(trainer, len(records), lambda recs: len(recs) >= 2, most=2)

@@ -7,7 +7,7 @@ and a vLLM worker keeps vLLM's own group.
 No step may hang. Joining and every version go through a store handshake with a deadline
 before any collective starts, so a peer that never shows up is named in the error
 (`WeightSyncTimeout`); the backend gets the same timeout for a peer that dies mid-broadcast.
-Versions must increase from one `send` to the next; after a failure, rebuild the group.
+After a failure, rebuild the group: its members count syncs to name each one's store keys.
 """
 
 from __future__ import annotations
@@ -169,7 +169,9 @@ class WeightSyncGroup:
         # Kept from one sync to the next: the sender's packing buffer, and on CPU each
         # bucket's receive buffer (see `_receive_buffer`).
         self._scratch: torch.Tensor | None = None
-        self._last_sent: int | None = None  # its store keys are deleted by the next send
+        # Syncs over this group so far: every member counts the same, so round n's store
+        # keys are its own even when a version is sent again.
+        self._round = 0
         self._received: dict[int, tuple[torch.Tensor, int]] = {}
         timeout = timedelta(seconds=self.timeout_s)
         try:
@@ -316,20 +318,20 @@ class WeightSyncGroup:
         self._check_usable()
         assert self._store is not None
         t0 = time.perf_counter()
-        receivers = {r: f"ready/{version}/{r}" for r in range(1, self.world_size)}
+        self._round += 1
+        n = self._round
+        receivers = {r: f"ready/{n}/{r}" for r in range(1, self.world_size)}
         try:
             self._wait_keys(receivers, f"get ready for weights version {version}")
         except WeightSyncTimeout as e:
-            self._store.set(f"go/{version}", f"abort:{e}")  # receivers waiting fail fast
+            self._store.set(f"go/{n}", f"abort:{e}")  # receivers waiting fail fast
             raise
-        self._store.set(f"go/{version}", "ok")
-        # Every receiver is ready for this version, so each has read the previous one's "go":
+        self._store.set(f"go/{n}", "ok")
+        # Every receiver is ready for this round, so each has read the previous round's "go":
         # only now may its keys go (a receiver that reads "go" late must still find it).
-        if self._last_sent is not None and self._last_sent != version:
-            previous = self._last_sent
-            for k in [f"go/{previous}", *(f"ready/{previous}/{r}" for r in receivers)]:
+        if n > 1:
+            for k in [f"go/{n - 1}", *(f"ready/{n - 1}/{r}" for r in receivers)]:
                 self._store.delete_key(k)
-        self._last_sent = version
         t1 = time.perf_counter()
         source = iter(named_tensors)
         buckets = plan_buckets(manifest, bucket_bytes)
@@ -378,14 +380,16 @@ class WeightSyncGroup:
             raise RuntimeError("rank 0 sends; receivers are ranks 1..N")
         self._check_usable()
         assert self._store is not None
-        self._store.set(f"ready/{version}/{self.rank}", "1")
+        self._round += 1
+        n = self._round
+        self._store.set(f"ready/{n}/{self.rank}", "1")
         # A little longer than the sender waits: if a peer is missing, the sender's abort
         # (which names it) arrives before this receiver's own deadline.
         grace = max(2.0, 0.1 * self.timeout_s)
         self._wait_keys(
-            {SENDER: f"go/{version}"}, f"start weights version {version}", self.timeout_s + grace
+            {SENDER: f"go/{n}"}, f"start weights version {version}", self.timeout_s + grace
         )
-        answer = self._store.get(f"go/{version}").decode()
+        answer = self._store.get(f"go/{n}").decode()
         if answer.startswith("abort:"):
             raise WeightSyncTimeout(f"{self._who(SENDER)} aborted version {version}: {answer[6:]}")
         buckets = plan_buckets(manifest, bucket_bytes)
