@@ -36,7 +36,6 @@ class Pending:
     # re-sent to another worker when its worker dies.
     elastic: Replaceable | None = None
     redo: list[tuple[str, tuple]] = field(default_factory=list)
-    resent: int = 0  # calls re-sent after a death
 
     def wait(self, timeout_s: float) -> list[Any]:
         if not self.calls:
@@ -67,7 +66,6 @@ class Pending:
                 name, actor = pool.any_serving(max(deadline - time.monotonic(), 0.0))
                 method, args = self.redo[i]
                 self.calls[i] = (name, getattr(actor, method).remote(*args))
-                self.resent += 1
 
 
 def wait_all(pendings: list[Pending], timeout_s: float, what: str) -> list[list[Any]]:

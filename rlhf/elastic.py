@@ -70,7 +70,7 @@ class ElasticPool:
         self.leaving: set[str] = set()
         self.served: set[str] = set()  # workers that completed at least one call
         self.pids: dict[str, int] = {}
-        self.deaths = self.restarts = self.added = self.removed = 0
+        self.deaths = self.restarts = 0
         self._crash_streak = 0  # replacements in a row that died before serving
         self._rotation = 0
         pool.elastic = self
@@ -204,7 +204,6 @@ class ElasticPool:
     def admit(self, name: str) -> None:
         """A ready worker starts serving."""
         self.pool.actors[name] = self.starting.pop(name).actor
-        self.added += 1
         self._record_pids([name])
         self.events.record("worker_joined", pool=self.role, worker=name)
 
@@ -220,8 +219,8 @@ class ElasticPool:
         return name, self.pool.actors[name]
 
     # ------------------------------------------------------------------ leaving
-    def remove_leaving(self, idle: Callable[[str], bool] = lambda _: True) -> list[str]:
-        """Take out the leaving workers that have no work (`idle`); returns their names."""
+    def remove_leaving(self, idle: Callable[[str], bool] = lambda _: True) -> None:
+        """Take out the leaving workers that have no work (`idle`)."""
         gone = [n for n in self.leaving if idle(n)]
         for name in gone:
             self.leaving.discard(name)
@@ -231,9 +230,7 @@ class ElasticPool:
             except Exception:  # best effort: it is killed next anyway
                 pass
             self._kill(actor)
-            self.removed += 1
             self.events.record("worker_removed", pool=self.role, worker=name)
-        return gone
 
     # ------------------------------------------------------------------ reporting
     def metrics(self) -> dict[str, float]:

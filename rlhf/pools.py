@@ -19,11 +19,9 @@ from rlhf.config import Config, PoolConfig
 from rlhf.dispatch import Pending, Pool, wait_all
 from rlhf.elastic import ElasticPool, Spawn
 from rlhf.events import EventLog
-from rlhf.remote import RemoteCallError, RemoteCallTimeout, WorkerDied, gather_outcomes
+from rlhf.remote import RemoteCallError, RemoteCallTimeout, WorkerDied, outcome
 from rlhf.sync.buckets import ParamSpec
-from rlhf.sync.group import SyncEndpoint
-
-ELASTIC_POOLS = ("rollout", "reward", "reference")
+from rlhf.sync.group import SyncEndpoint, cancel_sync
 
 
 class SyncFailed(RemoteCallError):
@@ -212,6 +210,7 @@ class Pools:
         outcomes: list = [None] * len(calls)
         index = {ref: i for i, (_, ref) in enumerate(calls)}
         pending = set(index)
+        senders = {ref for _, ref in learners.calls}
         deadline = time.monotonic() + timeout
         cancelled = False
         while pending:
@@ -222,13 +221,12 @@ class Pools:
             for ref in ready:
                 pending.discard(ref)
                 i = index[ref]
-                outcomes[i] = gather_outcomes([calls[i]], 1.0, what)[0]
+                outcomes[i] = outcome(calls[i], what)
                 name = calls[i][0]
                 if isinstance(outcomes[i], WorkerDied) and not cancelled:
                     cancelled = self._cancel_sync(f"{name} died")
-                if name in self.learner.actors and not any(
-                    calls[j][1] in pending for j in range(len(learners.calls))
-                ):  # the sender is done: receivers have sync.timeout_s more at most
+                if ref in senders and not senders & pending:
+                    # the sender is done: receivers have sync.timeout_s more at most
                     deadline = min(deadline, time.monotonic() + self.cfg.sync.timeout_s)
         for ref in pending:
             i = index[ref]
@@ -255,8 +253,6 @@ class Pools:
         raise SyncFailed(f"{what} failed: {detail}", dead + hung)
 
     def _cancel_sync(self, reason: str) -> bool:
-        from rlhf.sync.group import cancel_sync
-
         if self.sync_store is None:
             return False
         try:

@@ -72,8 +72,13 @@ def gather_outcomes(
             break
         for ref in ready:
             i = pending.pop(ref)
-            try:
-                outcomes[i] = gather([calls[i]], 1.0, what)[0]  # ready: no wait
-            except RemoteCallError as err:
-                outcomes[i] = err
+            outcomes[i] = outcome(calls[i], what)
     return outcomes
+
+
+def outcome(call: tuple[str, ray.ObjectRef], what: str) -> Any:
+    """A finished call's result, or the `RemoteCallError` it ended with (raised by nothing)."""
+    try:
+        return gather([call], 1.0, what)[0]  # finished: no wait
+    except RemoteCallError as err:
+        return err

@@ -52,7 +52,6 @@ class _Request:
     greedy: bool
     what: str
     results: list[Rollout | None] = field(default_factory=list)
-    requeued: int = 0  # calls sent again because their worker died
 
     @property
     def done(self) -> bool:
@@ -149,7 +148,6 @@ class RolloutScheduler:
                 raise
             self.elastic.died(name, err)  # raises when the restart budget is spent
             self.queue.appendleft(call)  # first in line: its request is the oldest
-            request.requeued += 1
             self.requeued += 1
             return
         if request.results[call.index] is not None:  # each call is handed out once at a time

@@ -20,14 +20,10 @@ import time
 import pytest
 import ray
 
-from rlhf.config import load_config
 from rlhf.control import ControlError, parse_sizes, request_scale, take_scale_requests
 from rlhf.controller import Trainer
-from rlhf.data.tasks import make_task
-from rlhf.models.default_model import prepare_model
 from rlhf.remote import WorkerDied
-
-PROMPTS, SAMPLES = 8, 4
+from tests.trainers import PROMPTS, SAMPLES, small_trainer
 
 
 # ---------------------------------------------------------------- without Ray
@@ -74,28 +70,16 @@ def ray_cluster():
 
 
 def _trainer(tmp_path, name: str, overrides: list[str]) -> Trainer:
-    cfg = load_config(
-        None,
-        [
-            "rollout.engine=hf",
-            f"rollout.prompts_per_iteration={PROMPTS}",
-            f"rollout.samples_per_prompt={SAMPLES}",
-            "rollout.prompts_per_call=2",
-            "learner.micro_batch_size=16",
-            "learner.warmup_iterations=0",
-            "topology.learner.workers=1",
-            "warm_start.steps=60",
-            "elastic.restart_backoff_s=0.2",
-            "run.record_batches=true",
-            "run.call_timeout_s=240",
-            f"model.cache_dir={tmp_path.parent / 'model-cache'}",
-            f"run.output_dir={tmp_path}",
-            "run.progress_bar=false",
-            *overrides,
-        ],
-    )
-    (tmp_path / name).mkdir(exist_ok=True)
-    return Trainer(cfg, tmp_path / name, prepare_model(cfg), make_task(cfg.task))
+    """Two calls of 2 prompts per worker and batch, one learner rank, quick restarts, and
+    `batches.jsonl` to check every prompt against."""
+    elastic = [
+        "rollout.prompts_per_call=2",
+        "topology.learner.workers=1",
+        "elastic.restart_backoff_s=0.2",
+        "run.record_batches=true",
+        "run.call_timeout_s=240",
+    ]
+    return small_trainer(tmp_path, name, [*elastic, *overrides])
 
 
 class Killer(threading.Thread):

@@ -14,10 +14,8 @@ import numpy as np
 import pytest
 import ray
 
-from rlhf.config import load_config
 from rlhf.controller import Trainer
-from rlhf.data.tasks import make_task
-from rlhf.models.default_model import prepare_model
+from tests.trainers import small_trainer
 
 pytestmark = pytest.mark.slow
 
@@ -27,26 +25,6 @@ def ray_cluster():
     ray.init(num_cpus=8, include_dashboard=False, namespace="rlhf-test-scheduling")
     yield
     ray.shutdown()
-
-
-def _trainer(tmp_path, name: str, overrides: list[str]) -> Trainer:
-    cfg = load_config(
-        None,
-        [
-            "rollout.engine=hf",
-            "rollout.prompts_per_iteration=8",
-            "rollout.samples_per_prompt=4",
-            "learner.micro_batch_size=16",
-            "learner.warmup_iterations=0",
-            "warm_start.steps=60",
-            f"model.cache_dir={tmp_path.parent / 'model-cache'}",
-            f"run.output_dir={tmp_path}",
-            "run.progress_bar=false",
-            *overrides,
-        ],
-    )
-    (tmp_path / name).mkdir(exist_ok=True)
-    return Trainer(cfg, tmp_path / name, prepare_model(cfg), make_task(cfg.task))
 
 
 def _spy_batches(trainer: Trainer) -> list:
@@ -64,7 +42,7 @@ def _spy_batches(trainer: Trainer) -> list:
 
 def test_async_generation_trains_on_samples_at_most_one_version_old(tmp_path):
     iterations = 5
-    trainer = _trainer(
+    trainer = small_trainer(
         tmp_path,
         "async",
         [
@@ -97,7 +75,7 @@ def test_async_generation_trains_on_samples_at_most_one_version_old(tmp_path):
 
 
 def _first_update(tmp_path, name: str, overrides: list[str]) -> tuple[object, dict]:
-    trainer = _trainer(
+    trainer = small_trainer(
         tmp_path,
         name,
         [
