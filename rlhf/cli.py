@@ -9,7 +9,7 @@ import sys
 from rlhf.config import Config, ConfigError, dump_config, load_config
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     p = argparse.ArgumentParser(prog="rlhf", description="Distributed online RLHF on Ray.")
     sub = p.add_subparsers(dest="command", required=True)
     commands = {}
@@ -40,11 +40,23 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--greedy", action="store_true", help="greedy answers (default: sampled)")
     ev.add_argument("--samples", type=int, default=1, help="sampled answers per prompt each")
     ev.add_argument("--out", help="also write the result as JSON to this file")
-    return p
+    return p, commands
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """Options and overrides in any order (`train a=1 -c f.yaml b=2`): a launcher may put
+    its own overrides before the user's (launch/submit_ray_job.sh)."""
+    parser, commands = _parser()
+    args = parser.parse_args(argv) if not argv or argv[0] not in commands else None
+    if args is not None:
+        return args
+    args = commands[argv[0]].parse_intermixed_args(argv[1:])
+    args.command = argv[0]
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parse(sys.argv[1:] if argv is None else argv)
     if args.command == "scale":
         return _scale(args)
     try:

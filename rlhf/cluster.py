@@ -54,20 +54,54 @@ def warn_if_oversubscribed(cfg: Config, uses_reference: bool, uses_critic: bool)
         )
 
 
+def dashboard_installed() -> bool:
+    """Ray's dashboard needs the packages of `ray[default]`."""
+    import importlib.util
+
+    return all(
+        importlib.util.find_spec(m) for m in ("aiohttp", "aiohttp_cors", "prometheus_client")
+    )
+
+
+def worker_env(cfg: Config) -> dict[str, str]:
+    """Environment of every worker: user reward functions ('module:function') import
+    relative to where the user launched from, as a script's own imports would; vLLM logs at
+    the run's level."""
+    return {
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p
+        ),
+        "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", cfg.run.log_level),
+    }
+
+
+def in_ray_job() -> bool:
+    """This process is a Ray Job's entrypoint (`ray job submit`)."""
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
 def connect(cfg: Config, uses_reference: bool, uses_critic: bool = False) -> None:
+    """Start a local cluster (`ray.address` None) or join one; no-op when Ray is up."""
     import ray
 
     if ray.is_initialized():
         return
-    # Workers import user reward functions ('module:function') relative to where the user
-    # launched from, as a script's own imports would.
-    env = {
-        "PYTHONPATH": os.pathsep.join(
-            p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p
-        )
-    }
+    namespace = cfg.ray.namespace or f"rlhf-{cfg.run.name or 'run'}"
+    level = getattr(logging, cfg.run.log_level)
+    runtime_env = {"env_vars": worker_env(cfg)}
+    if in_ray_job():
+        # Ray merges the job's runtime environment with this one, key by key, and refuses a
+        # key set in both. The job's working dir is on every worker's path already.
+        import json
+
+        job = json.loads(os.environ["RAY_JOB_CONFIG_JSON_ENV_VAR"]).get("runtime_env") or {}
+        taken = set(job.get("env_vars") or {}) | {"PYTHONPATH"}
+        runtime_env = {"env_vars": {k: v for k, v in worker_env(cfg).items() if k not in taken}}
     if cfg.ray.address is None:
         warn_if_oversubscribed(cfg, uses_reference, uses_critic)
+        dashboard = cfg.ray.include_dashboard
+        if dashboard is None:
+            dashboard = dashboard_installed()
         # Phases run one after another, so a local cluster may promise more CPUs than the
         # machine has: the topology's reservations are for placement, not exclusive use. It
         # promises SCALE_ROOM times what the pools start with, so `rlhf scale` and the
@@ -78,12 +112,41 @@ def connect(cfg: Config, uses_reference: bool, uses_critic: bool = False) -> Non
         )
         ray.init(
             num_cpus=num_cpus,
-            include_dashboard=cfg.ray.include_dashboard,
-            namespace=cfg.ray.namespace,
-            runtime_env={"env_vars": env},
+            include_dashboard=dashboard,
+            namespace=namespace,
+            runtime_env=runtime_env,
+            logging_level=level,
             log_to_driver=True,
         )
     else:
         ray.init(
-            address=cfg.ray.address, namespace=cfg.ray.namespace, runtime_env={"env_vars": env}
+            address=cfg.ray.address,
+            namespace=namespace,
+            runtime_env=runtime_env,
+            logging_level=level,
+            log_to_driver=True,
         )
+
+
+def dashboard_url() -> str | None:
+    """The dashboard's http address, or None where the cluster runs none."""
+    from ray._private.worker import get_dashboard_url
+
+    try:
+        url = get_dashboard_url()
+    except Exception:  # not connected, or a Ray without it
+        return None
+    if not url:
+        return None
+    return url if url.startswith("http") else f"http://{url}"
+
+
+def metrics_endpoints() -> dict[str, str]:
+    """Each live node's Prometheus endpoint (Ray's metrics export), by node id."""
+    import ray
+
+    return {
+        n["NodeID"]: f"http://{n['NodeManagerAddress']}:{n['MetricsExportPort']}/metrics"
+        for n in ray.nodes()
+        if n.get("Alive") and n.get("MetricsExportPort")
+    }

@@ -33,6 +33,16 @@ class PoolConfig(Section):
         "turn; False: compute on this pool's own reservation (num_cpus), at the same time as "
         "other pools",
     )
+    placement: Literal["pack", "spread", "strict_pack", "strict_spread", "none"] = Field(
+        "pack",
+        description="the pool's Ray placement group: pack its workers onto as few nodes as "
+        "possible, or spread them over nodes (strict: or fail); none: no placement group",
+    )
+    resources: dict[str, float] = Field(
+        {},
+        description="custom Ray resources each worker needs, e.g. {rollout_node: 1}: the pool "
+        "runs only on nodes that offer them (ray start --resources)",
+    )
 
 
 POOLS = ("rollout", "learner", "reference", "reward", "critic")
@@ -61,6 +71,21 @@ class TopologyConfig(Section):
         "None: every core the process may run on",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _pool_defaults(cls, data: Any) -> Any:
+        """`topology.rollout.num_cpus=2` changes that field only: a pool given in part keeps
+        this topology's defaults for the rest (workers=2, not PoolConfig's 1)."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for pool in POOLS:
+            given = out.get(pool)
+            if isinstance(given, dict):
+                default = cls.model_fields[pool].default.model_dump()
+                out[pool] = {**default, **given}
+        return out
+
     def is_colocated(self, pool: str) -> bool:
         return self.colocate_all or getattr(self, pool).colocated
 
@@ -82,8 +107,13 @@ class RayConfig(Section):
         description="local cluster only; default: 4x what the topology reserves at start "
         "(room for `rlhf scale` and replacements), at least the machine's cores",
     )
-    include_dashboard: bool = False
-    namespace: str = "rlhf"
+    include_dashboard: bool | None = Field(
+        None,
+        description="local cluster only; None: on when Ray's dashboard packages are installed",
+    )
+    namespace: str | None = Field(
+        None, description="Ray namespace of the run's actors; None: rlhf-<run name>"
+    )
 
 
 # ---------------------------------------------------------------- model, task, warm start
@@ -311,6 +341,21 @@ class RunConfig(Section):
         "workers and weights versions (an audit trail of what was trained on)",
     )
     save_model: bool = True
+    tensorboard: bool = Field(True, description="TensorBoard event files in <run>/tensorboard")
+    samples_every: int = Field(
+        10,
+        ge=0,
+        description="TensorBoard: a few sampled completions with their rewards as text every "
+        "this many iterations; 0 = never",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "WARNING",
+        description="Ray's, vLLM's and the workers' loggers; worker output goes to "
+        "<run>/logs/<worker>.log (and Ray's dashboard) at any level",
+    )
+    worker_logs_to_console: bool = Field(
+        False, description="also print every worker's output on the console (Ray's way)"
+    )
 
 
 class Config(Section):

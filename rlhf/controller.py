@@ -34,7 +34,9 @@ from rlhf.dispatch import Pending, Pool
 from rlhf.events import EventLog
 from rlhf.membership import Membership
 from rlhf.metrics import MetricsLog, combine, console_line, mean_over
+from rlhf.placement_report import startup_summary
 from rlhf.pools import Pools
+from rlhf.ray_metrics import RayMetrics
 from rlhf.scheduler import RolloutScheduler
 from rlhf.stages import (
     OldLogprobStage,
@@ -46,6 +48,7 @@ from rlhf.stages import (
     ValueStage,
     rollout_metrics,
 )
+from rlhf.tensorboard_log import TensorBoardLog
 from rlhf.types import Prompt
 from rlhf.workers.rollout import uses_sleep_mode
 
@@ -70,11 +73,30 @@ class Trainer:
         self.events = EventLog(run_dir)
         self.timeout = cfg.run.call_timeout_s
         self.membership: Membership | None = None
+        self.ray_metrics: RayMetrics | None = None
+        self.tensorboard: TensorBoardLog | None = None
+        self._examples: list[tuple[str, str, float]] = []
+        self._warned: set[str] = set()
         (run_dir / "config.yaml").write_text(dump_config(cfg))
 
     # ------------------------------------------------------------------ set-up
     def start(self) -> None:
-        self.pools = Pools.start(self.cfg, self.model_path, self.algorithm.needs, self.events)
+        from rlhf import worker_logs
+        from rlhf.cluster import connect
+
+        needs = self.algorithm.needs
+        connect(self.cfg, "ref_logprobs" in needs, "values" in needs)
+        cfg = self.cfg.run
+        worker_logs.route_to(self.run_dir / "logs", also_console=cfg.worker_logs_to_console)
+        self.pools = Pools.start(self.cfg, self.model_path, needs, self.events)
+        places = self.pools.whereabouts(self.timeout)
+        for name, place in places.items():
+            worker_logs.register(str(place["node_ip"]), int(place["pid"]), name)
+        for line in startup_summary(self.pools, places, self.run_dir):
+            print(f"[rlhf] {line}", flush=True)
+        self.ray_metrics = RayMetrics(self.run_dir.name)
+        if cfg.tensorboard:
+            self.tensorboard = TensorBoardLog(self.run_dir / "tensorboard")
         self.scheduler = RolloutScheduler(
             self.pools.rollout, self.cfg.rollout.prompts_per_call, self.pools.elastic["rollout"]
         )
@@ -129,6 +151,7 @@ class Trainer:
         record.update(self._run_stages(needs, sampled))
         record.update(rollout_metrics(sampled))
         record.update(self._check_staleness(sampled))
+        self._examples = examples(sampled)
         if cfg.run.record_batches:
             self._record_batch(it, sampled)
 
@@ -351,6 +374,7 @@ class Trainer:
             if cfg.run.eval_every and (it + 1) % cfg.run.eval_every == 0:
                 record["eval/greedy_reward"] = self.evaluate()
             self.metrics.write(record)
+            self._export(record)
             bar.set_postfix(
                 reward=f"{record.get('reward/mean', float('nan')):.3f}",
                 sec=f"{record['time/iteration']:.1f}",
@@ -377,11 +401,55 @@ class Trainer:
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 
+    def _export(self, record: dict[str, Any]) -> None:
+        """The iteration's metrics to Ray's metrics and TensorBoard; a warning that matters
+        reaches the console once."""
+        it = record["iteration"]
+        if self.ray_metrics is not None:
+            self.ray_metrics.record(record)
+        if self.tensorboard is not None:
+            self.tensorboard.scalars(record)
+            every = self.cfg.run.samples_every
+            if every and it % every == 0 and self._examples:
+                self.tensorboard.samples(it, self._examples)
+        dropped = record.get("reward/dropped") or 0.0
+        if dropped > 0 and "dropped" not in self._warned:
+            self._warned.add("dropped")
+            log.warning(
+                "iteration %d: %d samples got no reward (a reward function raised or returned "
+                "NaN; reward.on_error=%s): see metric reward/dropped and %s/logs/reward-*.log",
+                it,
+                int(dropped),
+                self.cfg.reward.on_error,
+                self.run_dir,
+            )
+
     def close(self) -> None:
+        from rlhf import worker_logs
+
         self.metrics.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
         if self.pools is not None:
             self.pools.shutdown()
             self.pools = None
+        worker_logs.stop_routing()
+
+
+def examples(sampled: Sampled, k: int = 4) -> list[tuple[str, str, float]]:
+    """(prompt, completion, reward) of the first sample of the first `k` prompts."""
+    rewards = sampled.batch["rewards"] if "rewards" in sampled.batch else None
+    out, seen = [], set()
+    for row, prompt in enumerate(sampled.prompt_of_row):
+        if int(prompt) in seen or row >= len(sampled.texts):
+            continue
+        seen.add(int(prompt))
+        reward = float(rewards[row]) if rewards is not None else float("nan")
+        out.append((sampled.prompts[int(prompt)].text, sampled.texts[row], reward))
+        if len(out) == k:
+            break
+    return out
 
 
 def _derive_sampler_gap(record: dict[str, Any]) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 
 import ray
 
+from rlhf import worker_logs
 from rlhf.config import ElasticConfig
 from rlhf.dispatch import Pool
 from rlhf.events import EventLog
@@ -70,11 +71,12 @@ class ElasticPool:
         self.leaving: set[str] = set()
         self.served: set[str] = set()  # workers that completed at least one call
         self.pids: dict[str, int] = {}
+        self.nodes: dict[str, str] = {}  # worker -> Ray node id
         self.deaths = self.restarts = 0
         self._crash_streak = 0  # replacements in a row that died before serving
         self._rotation = 0
         pool.elastic = self
-        self._record_pids(list(pool.actors))
+        self._record_whereabouts(list(pool.actors))
 
     # ------------------------------------------------------------------ size
     @property
@@ -204,8 +206,10 @@ class ElasticPool:
     def admit(self, name: str) -> None:
         """A ready worker starts serving."""
         self.pool.actors[name] = self.starting.pop(name).actor
-        self._record_pids([name])
-        self.events.record("worker_joined", pool=self.role, worker=name)
+        self._record_whereabouts([name])
+        self.events.record(
+            "worker_joined", pool=self.role, worker=name, node=self.nodes.get(name, "")
+        )
 
     def any_serving(self, timeout_s: float) -> tuple[str, Any]:
         """A serving worker (in turn), waiting for a replacement when none serves."""
@@ -248,13 +252,17 @@ class ElasticPool:
         self.starting.clear()
         self.due.clear()
 
-    def _record_pids(self, names: list[str]) -> None:
-        """Each worker's process id, so an operator (or a test) can find its process."""
-        refs = [self.pool.actors[n].pid.remote() for n in names]
+    def _record_whereabouts(self, names: list[str]) -> None:
+        """Each worker's process id and node, so an operator (or a test) can find it."""
+        refs = [self.pool.actors[n].whereabouts.remote() for n in names]
         try:
-            self.pids.update(zip(names, ray.get(refs, timeout=self.start_timeout_s), strict=True))
+            places = ray.get(refs, timeout=self.start_timeout_s)
         except Exception:  # a worker that dies here is found by its next call
-            pass
+            return
+        for name, place in zip(names, places, strict=True):
+            self.pids[name] = place["pid"]
+            self.nodes[name] = place["node_id"]
+            worker_logs.register(place["node_ip"], place["pid"], name)
 
     @staticmethod
     def _kill(actor: Any) -> None:

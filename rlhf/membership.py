@@ -106,4 +106,7 @@ class Membership:
             out.update(elastic.metrics())
         out["elastic/rollout_requeued_calls"] = float(self.scheduler.requeued)
         out["elastic/sync_failures"] = float(self.sync_failures)
+        # generate calls not yet sent / being generated (the next batches, when asynchronous)
+        out["rollout/queued_calls"] = float(len(self.scheduler.queue))
+        out["rollout/calls_in_flight"] = float(len(self.scheduler.inflight))
         return out

@@ -9,6 +9,7 @@ elastic (`rlhf.elastic`): `spawner(role)` starts one more worker of them.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,9 +20,12 @@ from rlhf.config import Config, PoolConfig
 from rlhf.dispatch import Pending, Pool, wait_all
 from rlhf.elastic import ElasticPool, Spawn
 from rlhf.events import EventLog
+from rlhf.placement import PoolPlacement, unplaceable
 from rlhf.remote import RemoteCallError, RemoteCallTimeout, WorkerDied, outcome
 from rlhf.sync.buckets import ParamSpec
 from rlhf.sync.group import SyncEndpoint, cancel_sync
+
+log = logging.getLogger(__name__)
 
 
 class SyncFailed(RemoteCallError):
@@ -33,9 +37,9 @@ class SyncFailed(RemoteCallError):
         self.dead = dead
 
 
-def _actor(cls: type, pool: PoolConfig, name: str, *args: Any) -> Any:
+def _actor(cls: type, pool: PoolConfig, name: str, placement: PoolPlacement, *args: Any) -> Any:
     remote_cls = ray.remote(num_cpus=pool.num_cpus, num_gpus=pool.num_gpus)(cls)
-    return remote_cls.options(name=name, max_restarts=0).remote(*args)
+    return remote_cls.options(name=name, max_restarts=0, **placement.options(name)).remote(*args)
 
 
 def resolve_backend(choice: str, uses_gpus: bool) -> str:
@@ -56,6 +60,7 @@ class Pools:
     model_path: str = ""
     elastic: dict[str, ElasticPool] = field(default_factory=dict)
     sync_store: tuple[str, int] | None = None  # the sync group's store (on learner rank 0)
+    placements: dict[str, PoolPlacement] = field(default_factory=dict)
 
     def all(self) -> list[Pool]:
         return [self.rollout, self.reward, self.reference, self.learner, self.critic]
@@ -73,10 +78,11 @@ class Pools:
             "reference": (ReferenceWorker, (self.model_path,)),
         }[role]
         pool_cfg = getattr(self.cfg.topology, role)
+        placement = self.placements[role]
 
         def spawn(index: int) -> tuple[str, object]:
             name = f"{role}-{index}"
-            return name, _actor(worker, pool_cfg, name, self.cfg, index, *extra)
+            return name, _actor(worker, pool_cfg, name, placement, self.cfg, index, *extra)
 
         return spawn
 
@@ -103,19 +109,47 @@ class Pools:
         ranked = [(pools.learner, LearnerWorker, t.learner)]
         if uses_critic:
             ranked.append((pools.critic, CriticWorker, t.critic))
-        for pool, worker, pool_cfg in ranked:
-            for r in range(pool_cfg.workers):
-                name = f"{pool.role}-{r}"
-                pool.actors[name] = _actor(
-                    worker, pool_cfg, name, cfg, r, pool_cfg.workers, model_path
-                )
         elastic = [pools.rollout, pools.reward] + ([pools.reference] if uses_reference else [])
-        for pool in elastic:
-            spawn = pools.spawner(pool.role)
-            for i in range(getattr(t, pool.role).workers):
-                name, actor = spawn(i)
-                pool.actors[name] = actor
+        started = [p for p, _, _ in ranked] + elastic
+        problems = unplaceable(
+            [n["Resources"] for n in ray.nodes() if n.get("Alive")],
+            {p.role: (getattr(t, p.role).workers, getattr(t, p.role)) for p in started},
+        )
+        if problems:  # an autoscaling cluster may still add the nodes: wait, but say so
+            log.warning(
+                "the cluster cannot hold the topology as it is now (%s); waiting up to "
+                "run.call_timeout_s=%.0f s for nodes",
+                "; ".join(problems),
+                timeout,
+            )
         try:
+            for pool in started:
+                pools.placements[pool.role] = PoolPlacement(
+                    pool.role,
+                    getattr(t, pool.role),
+                    getattr(t, pool.role).workers,
+                    pools._holders(pool),
+                )
+            for placement in pools.placements.values():
+                placement.wait_ready(timeout)
+            for pool, worker, pool_cfg in ranked:
+                for r in range(pool_cfg.workers):
+                    name = f"{pool.role}-{r}"
+                    pool.actors[name] = _actor(
+                        worker,
+                        pool_cfg,
+                        name,
+                        pools.placements[pool.role],
+                        cfg,
+                        r,
+                        pool_cfg.workers,
+                        model_path,
+                    )
+            for pool in elastic:
+                spawn = pools.spawner(pool.role)
+                for i in range(getattr(t, pool.role).workers):
+                    name, actor = spawn(i)
+                    pool.actors[name] = actor
             starting = [pools._init_training(p, timeout) for p, _, _ in ranked]
             starting += [
                 p.call_all("ready") for p in (pools.rollout, pools.reward, pools.reference)
@@ -142,6 +176,24 @@ class Pools:
             pools.shutdown()
             raise
         return pools
+
+    def _holders(self, pool: Pool):
+        """The pool's workers that hold a placement bundle: serving or starting."""
+
+        def alive() -> set[str]:
+            elastic = self.elastic.get(pool.role)
+            return set(pool.actors) | (set(elastic.starting) if elastic else set())
+
+        return alive
+
+    def whereabouts(self, timeout: float) -> dict[str, dict[str, Any]]:
+        """Every serving worker's pid and node, by name."""
+        names, refs = [], []
+        for pool in self.all():
+            for name, actor in pool.actors.items():
+                names.append(name)
+                refs.append(actor.whereabouts.remote())
+        return dict(zip(names, ray.get(refs, timeout=timeout), strict=True))
 
     @staticmethod
     def _address(pool: Pool, timeout: float, what: str) -> tuple[str, int]:
@@ -274,3 +326,6 @@ class Pools:
             for actor in pool.actors.values():
                 ray.kill(actor)
             pool.actors.clear()
+        for placement in self.placements.values():
+            placement.remove()
+        self.placements.clear()

@@ -13,9 +13,20 @@ log = logging.getLogger(__name__)
 
 
 def make_run_dir(cfg: Config) -> Path:
-    name = cfg.run.name or time.strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(cfg.run.output_dir).expanduser() / name
+    """The run's folder; `run.name` is set to its name (the Ray namespace and metric tags
+    use it)."""
+    from rlhf.cluster import in_ray_job
+
+    cfg.run.name = cfg.run.name or time.strftime("%Y%m%d-%H%M%S")
+    run_dir = (Path(cfg.run.output_dir).expanduser() / cfg.run.name).absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
+    if in_ray_job() and not Path(cfg.run.output_dir).expanduser().is_absolute():
+        log.warning(
+            "run.output_dir=%s is relative: inside a Ray job it is in the job's temporary "
+            "working directory (%s); give an absolute path to keep the run",
+            cfg.run.output_dir,
+            run_dir,
+        )
     return run_dir
 
 

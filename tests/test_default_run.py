@@ -10,6 +10,7 @@ benchmarks/results/learning_study.md shows how far above them the default lands)
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -26,6 +27,30 @@ PHASES = ("time/generate", "time/reward", "time/train", "time/sync", "time/itera
 # 0.03 allows 15 such prompts, while a policy file that is not the one vLLM served scores far
 # off.
 GREEDY_TOL = 0.03
+
+
+# What worker output looks like when Ray forwards it to the driver ("(RolloutWorker pid=12)",
+# "(raylet)") and vLLM's own log format ("WARNING 11-26 11:49:36 [arg_utils.py:1945]").
+WORKER_LINE = re.compile(r"^\((\w+ )?pid=\d+|^\(raylet|(DEBUG|INFO|WARNING|ERROR) \d\d-\d\d \d")
+ITERATION_LINE = re.compile(r"^it +\d+  ")
+
+
+def assert_quiet_console(stdout: str, stderr: str, run) -> None:
+    """Between the first and the last iteration line stdout has iteration lines only, no
+    worker line reaches either stream, and the workers' output is in the run folder."""
+    lines = stdout.splitlines()
+    its = [i for i, line in enumerate(lines) if ITERATION_LINE.match(line)]
+    assert its, stdout[-3000:]
+    between = [line for line in lines[its[0] : its[-1] + 1] if not ITERATION_LINE.match(line)]
+    assert between == [], between[:10]
+    for stream in (stdout, stderr):
+        # tqdm redraws with carriage returns: each redraw is a line of its own here
+        noisy = [x for x in re.split(r"[\r\n]", stream) if WORKER_LINE.search(x)]
+        assert noisy == [], noisy[:10]
+    logs = run / "logs"
+    for worker in ("rollout-0", "rollout-1", "learner-0"):
+        assert (logs / f"{worker}.log").stat().st_size > 0, sorted(logs.iterdir())
+    assert "vllm" in (logs / "rollout-0.log").read_text().lower()
 
 
 def test_default_run_learns_and_saves_a_loadable_policy(tmp_path):
@@ -51,6 +76,7 @@ def test_default_run_learns_and_saves_a_loadable_policy(tmp_path):
         for key in ("reward/mean", "reward/std", "loss/total", "rollout/tokens", *PHASES):
             assert key in r, key
     assert "rise:" in proc.stdout  # the run shows its own result
+    assert_quiet_console(proc.stdout, proc.stderr, run)
     assert summary["reward/rise"] >= MIN_RISE, summary
     assert summary["eval/greedy_rise"] >= MIN_GREEDY_RISE, summary
 

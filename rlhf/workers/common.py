@@ -35,3 +35,25 @@ def setup_worker_process(role: str, topology: TopologyConfig, seed: int) -> int:
     torch.manual_seed(seed)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return threads
+
+
+class WorkerIdentity:
+    """What every worker answers besides its work: its name, its process and its node (an
+    operator or a test finds its process by pid; the start-up summary shows the nodes)."""
+
+    name: str
+
+    def ready(self) -> str:
+        return self.name
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def whereabouts(self) -> dict[str, object]:
+        import ray
+
+        return {
+            "pid": os.getpid(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "node_ip": ray.util.get_node_ip_address(),
+        }

@@ -7,7 +7,6 @@ ZeRO-3 a forward pass, a gather of full weights, or a save is a collective over 
 
 from __future__ import annotations
 
-import os
 import time
 from abc import ABC, abstractmethod
 from typing import ClassVar
@@ -23,10 +22,10 @@ from rlhf.learner import export
 from rlhf.learner.deepspeed_setup import build_engine, init_process_group, resolve_backend
 from rlhf.learner.train_step import StepSettings, Tensors, forward_rows, train_on_shard
 from rlhf.sync.group import free_port, host_store
-from rlhf.workers.common import setup_worker_process
+from rlhf.workers.common import WorkerIdentity, setup_worker_process
 
 
-class DeepSpeedWorker(ABC):
+class DeepSpeedWorker(WorkerIdentity, ABC):
     role: ClassVar[str]  # "learner" | "critic": its config section, pool and metric prefix
 
     def __init__(self, cfg: Config, rank: int, world_size: int, model_path: str) -> None:
@@ -55,13 +54,6 @@ class DeepSpeedWorker(ABC):
     measures_sampler_gap: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ set-up
-    def ready(self) -> str:
-        return self.name
-
-    def pid(self) -> int:
-        """The rank's process id (to watch or kill it from outside)."""
-        return os.getpid()
-
     def node_address(self) -> str:
         import ray
 

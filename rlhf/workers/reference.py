@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 
 from rlhf.batch import TrainBatch
 from rlhf.config import Config
 from rlhf.models.logprobs import model_token_logprobs
-from rlhf.workers.common import setup_worker_process
+from rlhf.workers.common import WorkerIdentity, setup_worker_process
 
 
-class ReferenceWorker:
+class ReferenceWorker(WorkerIdentity):
     def __init__(self, cfg: Config, index: int, model_path: str) -> None:
         from transformers import AutoModelForCausalLM
 
@@ -29,13 +27,6 @@ class ReferenceWorker:
             AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
         )
         self.model.requires_grad_(False)
-
-    def ready(self) -> str:
-        return self.name
-
-    def pid(self) -> int:
-        """The worker's process id (to watch or kill it from outside)."""
-        return os.getpid()
 
     @torch.no_grad()
     def logprobs(self, batch: TrainBatch) -> np.ndarray:

@@ -3,7 +3,6 @@ completions, and the configured pairwise judge over pairs of them."""
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,13 +18,13 @@ from rlhf.rewards.judges import (
 )
 from rlhf.rewards.reward_model import RewardModelScorer
 from rlhf.rewards.scoring import NamedReward, resolve_reward_function, score_batch
-from rlhf.workers.common import setup_worker_process
+from rlhf.workers.common import WorkerIdentity, setup_worker_process
 
 if TYPE_CHECKING:
     from rlhf.rewards.llm_judge import LLMJudge
 
 
-class RewardWorker:
+class RewardWorker(WorkerIdentity):
     def __init__(self, cfg: Config, index: int) -> None:
         setup_worker_process("reward", cfg.topology, cfg.run.seed)
         self.name = f"reward-{index}"
@@ -46,13 +45,6 @@ class RewardWorker:
             from rlhf.rewards.llm_judge import LLMJudge
 
             self.llm_judge = LLMJudge(self.judge_cfg.llm, seed=cfg.run.seed)
-
-    def ready(self) -> str:
-        return self.name
-
-    def pid(self) -> int:
-        """The worker's process id (to watch or kill it from outside)."""
-        return os.getpid()
 
     def score(
         self,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 from rlhf.config import Config
@@ -10,10 +9,10 @@ from rlhf.engines.base import Generation
 from rlhf.sync.buckets import ParamSpec
 from rlhf.sync.group import SyncEndpoint
 from rlhf.types import Rollout
-from rlhf.workers.common import setup_worker_process
+from rlhf.workers.common import WorkerIdentity, setup_worker_process
 
 
-class RolloutWorker:
+class RolloutWorker(WorkerIdentity):
     def __init__(self, cfg: Config, index: int, model_path: str) -> None:
         from transformers import AutoTokenizer
 
@@ -35,13 +34,6 @@ class RolloutWorker:
             sleep_mode=uses_sleep_mode(cfg),
         )
         self.policy_version = 0
-
-    def ready(self) -> str:
-        return self.name
-
-    def pid(self) -> int:
-        """The worker's process id (to watch or kill it from outside)."""
-        return os.getpid()
 
     def generate(
         self, prompt_ids: list[list[int]], n: int, seed: int | None, greedy: bool = False
