@@ -173,3 +173,23 @@ def test_a_placement_the_cluster_cannot_hold_names_the_pool_and_what_it_asked(ra
             placement.wait_ready(2)
     finally:
         placement.remove()
+
+
+# ---------------------------------------------------------------- warnings that reach the console
+def test_dropped_rewards_are_warned_about_once(tmp_path, caplog):
+    from rlhf.controller import Trainer
+    from rlhf.data.tasks import make_task
+    from rlhf.models.default_model import prepare_model
+
+    cfg = load_config(None, [])
+    trainer = Trainer(cfg, tmp_path, prepare_model(cfg), make_task(cfg.task))
+    try:
+        with caplog.at_level("WARNING", logger="rlhf.controller"):
+            trainer._export({"iteration": 0, "reward/dropped": 0.0})
+            assert caplog.records == []
+            for it in (1, 2):
+                trainer._export({"iteration": it, "reward/dropped": 3.0})
+        (warning,) = caplog.records
+        assert "iteration 1: 3 samples got no reward" in warning.getMessage()
+    finally:
+        trainer.close()
