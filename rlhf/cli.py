@@ -113,8 +113,14 @@ def _eval(cfg, args: argparse.Namespace) -> int:
 
     from rlhf.data.tasks import make_task
     from rlhf.models.default_model import prepare_model
+    from rlhf.preflight import check_before_start
     from rlhf.winrate import evaluate_win_rate
 
+    try:
+        check_before_start(cfg)
+    except ConfigError as err:
+        print(f"rlhf eval: {err}", file=sys.stderr)
+        return 2
     for flag in ("policy", "baseline"):
         path = getattr(args, flag)
         if path is not None and not Path(path).is_dir():

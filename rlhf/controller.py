@@ -34,6 +34,7 @@ from rlhf.dispatch import Pending, Pool
 from rlhf.events import EventLog
 from rlhf.membership import Membership
 from rlhf.metrics import MetricsLog, combine, console_line, mean_over
+from rlhf.models.logprobs import pad_id_of
 from rlhf.placement_report import startup_summary
 from rlhf.pools import Pools
 from rlhf.ray_metrics import RayMetrics
@@ -252,7 +253,7 @@ class Trainer:
     def _collect(self, prompts: list[Prompt], rid: int) -> Sampled:
         assert self.scheduler is not None
         rollouts = self.scheduler.result(rid, self.timeout)  # in prompt order
-        batch = collate_rollouts(rollouts, self.tokenizer.pad_token_id)
+        batch = collate_rollouts(rollouts, pad_id_of(self.tokenizer))
         return Sampled(
             prompts=prompts,
             rollouts=rollouts,

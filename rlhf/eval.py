@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from rlhf.models.logprobs import pad_id_of
 from rlhf.types import Prompt
 
 
@@ -15,7 +16,7 @@ def greedy_completions(
     model, tokenizer, texts: Sequence[str], max_new_tokens: int, batch_size: int = 256
 ) -> list[str]:
     """Batched greedy generation (left-padded), decoded without special tokens."""
-    pad = tokenizer.pad_token_id
+    pad = pad_id_of(tokenizer)
     out: list[str] = []
     for start in range(0, len(texts), batch_size):
         rows = [tokenizer(t).input_ids for t in texts[start : start + batch_size]]

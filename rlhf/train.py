@@ -36,10 +36,10 @@ def train(cfg: Config) -> dict[str, Any]:
     from rlhf.controller import Trainer
     from rlhf.data.tasks import make_task
     from rlhf.models.default_model import prepare_model
+    from rlhf.preflight import check_before_start
 
     started = time.perf_counter()
-    if cfg.ray.address is None:
-        check_reward_models(cfg)
+    check_before_start(cfg)  # a user's mistake stops here: no run folder, no actor
     run_dir = make_run_dir(cfg)
     task = make_task(cfg.task)
     print(f"[rlhf] run folder: {run_dir}", flush=True)

@@ -15,7 +15,7 @@ import torch
 from rlhf.config import WarmStartConfig
 from rlhf.data.tasks import Task
 from rlhf.eval import greedy_accuracy
-from rlhf.models.logprobs import model_token_logprobs, pad_rows
+from rlhf.models.logprobs import model_token_logprobs, pad_id_of, pad_rows
 
 EVAL_PROMPTS = 256  # enough to read accuracy to about +-3 points, in a second or two
 
@@ -73,7 +73,7 @@ def warm_start(
     losses: list[float] = []
     for _ in range(cfg.steps):
         idx = torch.randint(len(examples), (cfg.batch_size,), generator=gen).tolist()
-        ids, mask = pad_rows([examples[i][0] for i in idx], tokenizer.pad_token_id)
+        ids, mask = pad_rows([examples[i][0] for i in idx], pad_id_of(tokenizer))
         target = mask.float()
         for row, i in enumerate(idx):
             target[row, : examples[i][1]] = 0.0  # no loss on the prompt

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from rlhf.models.logprobs import pad_id_of
 from rlhf.types import Prompt
 
 Z_95 = 1.959963984540054
@@ -110,7 +111,7 @@ def sample_completions(
     if temperature == 0:
         return greedy_completions(model, tokenizer, texts, max_new_tokens, batch_size)
     torch.manual_seed(seed)
-    pad = tokenizer.pad_token_id
+    pad = pad_id_of(tokenizer)
     out: list[str] = []
     for start in range(0, len(texts), batch_size):
         rows = [tokenizer(t).input_ids for t in texts[start : start + batch_size]]

@@ -34,7 +34,8 @@ def cache_key(cfg: Config) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _user_model(path_text: str) -> str:
+def check_model_path(path_text: str) -> str:
+    """A user's model folder, or `ConfigError` naming model.path."""
     path = Path(path_text).expanduser()
     if not path.exists():
         raise ConfigError(f"model.path: {str(path)!r} does not exist")
@@ -84,7 +85,7 @@ def _build(cfg: Config, work: Path) -> dict[str, float]:
 def prepare_model(cfg: Config) -> str:
     """Return a Hugging Face model folder for the policy (and the reference)."""
     if cfg.model.path is not None:
-        return _user_model(cfg.model.path)
+        return check_model_path(cfg.model.path)
 
     cache = Path(cfg.model.cache_dir).expanduser()
     final = cache / f"tiny-{cfg.task.name}-{cache_key(cfg)}"

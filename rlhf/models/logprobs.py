@@ -60,6 +60,17 @@ def model_token_logprobs(
     return token_logprobs(model_logits(model, input_ids, attention_mask), input_ids, temperature)
 
 
+def pad_id_of(tokenizer) -> int:
+    """The id padding uses (masked out, so any id works): the tokenizer's pad token, or EOS
+    where it has none (Llama 3 and many others)."""
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        pad = tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError("the tokenizer has neither a pad nor an EOS token to pad with")
+    return int(pad)
+
+
 def pad_rows(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad integer rows into (ids, attention_mask)."""
     width = max(len(r) for r in rows)

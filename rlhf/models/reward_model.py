@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from rlhf.configbase import ConfigError
-from rlhf.models.logprobs import pad_rows, position_ids_of
+from rlhf.models.logprobs import pad_id_of, pad_rows, position_ids_of
 
 
 class RewardModelError(ConfigError):
@@ -55,12 +55,6 @@ class ScalarReward(nn.Module):
 
     def gradient_checkpointing_enable(self) -> None:
         self.classifier.gradient_checkpointing_enable()
-
-
-def pad_id_of(tokenizer) -> int:
-    """The id right padding uses (masked out, so any id works; EOS when there is no pad)."""
-    pad = tokenizer.pad_token_id
-    return int(pad if pad is not None else tokenizer.eos_token_id)
 
 
 def encode(

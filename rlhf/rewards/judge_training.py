@@ -26,7 +26,7 @@ import torch
 
 from rlhf.config import Config
 from rlhf.models.grow import add_identity_layers
-from rlhf.models.logprobs import model_logits, pad_rows
+from rlhf.models.logprobs import model_logits, pad_id_of, pad_rows
 from rlhf.rewards.verdicts import DEFAULT_TEMPLATE, Verdict, fill_template
 from rlhf.types import Prompt
 from rlhf.warmstart import _lr_factor, supervised_step
@@ -109,7 +109,7 @@ def verdict_agreement(
     position, is above 1/2: the judge's agreement with the exact reward (transformers)."""
     letters = _verdict_ids(tokenizer)
     rows = [tokenizer(text).input_ids for text, _ in both_orders(pairs, template)]
-    ids, mask = pad_rows(rows, tokenizer.pad_token_id)
+    ids, mask = pad_rows(rows, pad_id_of(tokenizer))
     model.eval()
     logits = model_logits(model, ids, mask)
     last = logits[torch.arange(len(rows)), torch.tensor([len(r) - 1 for r in rows])]
@@ -161,7 +161,7 @@ def train_addition_judge(
             prompt_ids = tokenizer(text).input_ids
             rows.append(prompt_ids + [letters[verdict], tokenizer.eos_token_id])
             starts.append(len(prompt_ids))
-        ids, mask = pad_rows(rows, tokenizer.pad_token_id)
+        ids, mask = pad_rows(rows, pad_id_of(tokenizer))
         target = torch.zeros_like(mask, dtype=torch.float32)
         for row, start in enumerate(starts):
             target[row, start : start + 2] = 1.0  # the verdict and EOS only

@@ -1,0 +1,55 @@
+"""Every row of docs/user_errors.md, run as written: exit code 2, the documented message on
+stderr, and no run folder. The table is the test's data, so the docs cannot drift."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+import rlhf.train
+from rlhf.cli import main
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "user_errors.md"
+
+
+def _rows() -> list[tuple[str, str, str]]:
+    rows = []
+    for line in DOC.read_text().splitlines():
+        m = re.match(r"\| ([^|`]+) \| `([^`]+)` \| (.+) \|$", line)
+        if m:
+            rows.append((m.group(1).strip(), m.group(2), m.group(3)))
+    return rows
+
+
+def test_the_table_has_every_mistake_the_docs_promise():
+    mistakes = {r[0] for r in _rows()}
+    for kind in ("unknown task", "missing model folder", "malformed YAML in a file",
+                 "malformed YAML in an override", "misspelt built-in reward function"):  # fmt: skip
+        assert kind in mistakes
+
+
+@pytest.mark.parametrize("mistake,command,message", _rows(), ids=[r[0] for r in _rows()])
+def test_a_mistake_exits_2_with_its_message_before_anything_starts(
+    mistake, command, message, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.yaml").write_text("rollout: {temperature: [1\n")
+
+    def started(cfg):  # the checks must stop the run before this
+        raise AssertionError(f"{mistake}: got past the checks to the run folder")
+
+    monkeypatch.setattr(rlhf.train, "make_run_dir", started)
+    argv = shlex.split(command)
+    assert argv[0] == "rlhf"
+    runs = tmp_path / "runs"
+    assert main([*argv[1:], f"run.output_dir={runs}"]) == 2
+    err = capsys.readouterr().err.strip()
+    quoted = re.findall(r"`([^`]+)`", message)
+    if message == f"`{quoted[0]}`":  # the whole message
+        assert err == quoted[0]
+    else:  # its first words (the rest is described)
+        assert err.startswith(quoted[0]), err
+    assert not runs.exists()
