@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from rlhf.config import Config, ConfigError, dump_config, load_config
+from rlhf.config import DEFAULT_TOKEN_FILE, Config, ConfigError, dump_config, load_config
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -29,6 +29,23 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
             "overrides", nargs="*", help="dotted overrides, e.g. rollout.samples_per_prompt=8"
         )
         commands[name] = s
+    sv = sub.add_parser(
+        "serve-reward", help="serve reward functions over ZeroMQ (msgpack, token auth)"
+    )
+    sv.add_argument(
+        "--functions",
+        required=True,
+        help="comma-separated built-in names or 'package.module:function', served by name",
+    )
+    sv.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=5555)
+    sv.add_argument(
+        "--token-file",
+        default=DEFAULT_TOKEN_FILE,
+        help="the token clients must send; made (mode 600) if missing",
+    )
+    sv.add_argument("--max-bytes", type=int, default=16 * 2**20, help="largest request frame")
+    sv.add_argument("--timeout", type=float, default=60.0, help="seconds one call may take")
     sc = sub.add_parser("scale", help="resize a running job's rollout, reward or reference pool")
     sc.add_argument("run", help="the run's folder, or its name under runs/")
     sc.add_argument("sizes", nargs="+", help="pool=N, e.g. rollout=3 reward=2")
@@ -59,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     if args.command == "scale":
         return _scale(args)
+    if args.command == "serve-reward":
+        return _serve_reward(args)
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as err:
@@ -105,6 +124,42 @@ def _scale(args: argparse.Namespace) -> int:
         return 2
     wanted = ", ".join(f"{role}={n}" for role, n in sizes.items())
     print(f"[rlhf] asked {run_dir} for {wanted}; it applies between iterations (events.jsonl)")
+    return 0
+
+
+def _serve_reward(args: argparse.Namespace) -> int:
+    import zmq
+
+    from rlhf.preflight import launch_dir_importable
+    from rlhf.rewards.scoring import resolve_reward_function
+    from rlhf.rewards.service import RewardService, token_for_serving
+
+    names = [n.strip() for n in args.functions.split(",") if n.strip()]
+    try:
+        with launch_dir_importable():
+            functions = {name: resolve_reward_function(name) for name in names}
+        if not functions:
+            raise ValueError("--functions names no function")
+        service = RewardService(
+            functions,
+            token_for_serving(args.token_file),
+            host=args.host,
+            port=args.port,
+            max_bytes=args.max_bytes,
+            timeout_s=args.timeout,
+        )
+    except (ValueError, OSError, zmq.ZMQError) as err:  # a bad name, a port in use
+        print(f"rlhf serve-reward: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"[rlhf] serving {', '.join(functions)} at {service.address} (token in "
+        f"{args.token_file}); Ctrl-C stops",
+        flush=True,
+    )
+    try:
+        service.serve()
+    except KeyboardInterrupt:
+        pass
     return 0
 
 

@@ -150,6 +150,10 @@ class WarmStartConfig(Section):
 
 
 # ---------------------------------------------------------------- pools
+# Where `rlhf serve-reward` keeps the token it makes, and remote reward functions look for it.
+DEFAULT_TOKEN_FILE = "~/.cache/rlhf/reward-service.token"
+
+
 class RolloutConfig(Section):
     engine: Literal["vllm", "hf"] = "vllm"
     prompts_per_iteration: int = Field(64, gt=0)
@@ -184,8 +188,19 @@ class RolloutConfig(Section):
 
 
 class RewardFunctionConfig(Section):
-    name: str = Field(..., description="a built-in reward or 'package.module:function'")
+    name: str = Field(
+        ...,
+        description="a built-in reward or 'package.module:function'; with `remote`, the name "
+        "the service serves it under",
+    )
     weight: float = 1.0
+    remote: str | None = Field(
+        None, description="tcp://host:port of an `rlhf serve-reward` service that runs `name`"
+    )
+    token_file: str = Field(
+        DEFAULT_TOKEN_FILE, description="remote: the file holding the service's token"
+    )
+    timeout_s: float = Field(60.0, gt=0, description="remote: limit for one call")
 
 
 class RewardModelConfig(Section):

@@ -19,7 +19,7 @@ from rlhf.config import Config, ConfigError
 
 
 @contextlib.contextmanager
-def _launch_dir_importable() -> Iterator[None]:
+def launch_dir_importable() -> Iterator[None]:
     """The workers import 'module:function' with the launch directory on PYTHONPATH; the
     `rlhf` console script's sys.path lacks it."""
     cwd = os.getcwd()
@@ -46,8 +46,13 @@ def check_before_start(cfg: Config) -> None:
         raise ConfigError(str(err)) from None
     if cfg.model.path is not None:
         check_model_path(cfg.model.path)
-    with _launch_dir_importable():
+    with launch_dir_importable():
         for i, fn in enumerate(cfg.reward.functions):
+            if fn.remote is not None:  # the service may be reachable from the cluster only
+                from rlhf.rewards.service import read_token
+
+                read_token(fn.token_file, f"reward.functions[{i}].token_file")
+                continue
             try:
                 resolve_reward_function(fn.name)
             except ValueError as err:

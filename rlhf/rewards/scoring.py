@@ -50,6 +50,15 @@ def resolve_reward_function(name: str) -> RewardFn:
     return fn
 
 
+def reward_function_of(cfg) -> RewardFn:
+    """The function a `reward.functions` entry names: local, or on a reward service."""
+    if cfg.remote is None:
+        return resolve_reward_function(cfg.name)
+    from rlhf.rewards.service import RemoteReward, read_token
+
+    return RemoteReward(cfg.remote, cfg.name, read_token(cfg.token_file), cfg.timeout_s)
+
+
 @dataclass
 class NamedReward:
     name: str

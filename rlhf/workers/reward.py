@@ -17,7 +17,12 @@ from rlhf.rewards.judges import (
     summarize,
 )
 from rlhf.rewards.reward_model import RewardModelScorer
-from rlhf.rewards.scoring import NamedReward, resolve_reward_function, score_batch
+from rlhf.rewards.scoring import (
+    NamedReward,
+    resolve_reward_function,
+    reward_function_of,
+    score_batch,
+)
 from rlhf.workers.common import WorkerIdentity, setup_worker_process
 
 if TYPE_CHECKING:
@@ -30,8 +35,7 @@ class RewardWorker(WorkerIdentity):
         self.name = f"reward-{index}"
         self.on_error = cfg.reward.on_error
         self.rewards = [
-            NamedReward(f.name, resolve_reward_function(f.name), f.weight)
-            for f in cfg.reward.functions
+            NamedReward(f.name, reward_function_of(f), f.weight) for f in cfg.reward.functions
         ]
         self.rewards += reward_models(cfg)
         self.judge_cfg = cfg.reward.judge
