@@ -166,13 +166,12 @@ def _serve_reward(args: argparse.Namespace) -> int:
 def _eval(cfg, args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from rlhf.data.tasks import make_task
     from rlhf.models.default_model import prepare_model
     from rlhf.preflight import check_before_start
     from rlhf.winrate import evaluate_win_rate
 
     try:
-        check_before_start(cfg)
+        task = check_before_start(cfg)
     except ConfigError as err:
         print(f"rlhf eval: {err}", file=sys.stderr)
         return 2
@@ -182,7 +181,7 @@ def _eval(cfg, args: argparse.Namespace) -> int:
             print(f"rlhf eval: --{flag} {path!r} is not a folder", file=sys.stderr)
             return 2
     baseline = args.baseline or prepare_model(cfg)
-    prompts = make_task(cfg.task).eval_prompts[: cfg.run.eval_prompts]
+    prompts = task.eval_prompts[: cfg.run.eval_prompts]
     if args.samples < 1:
         print("rlhf eval: --samples must be >= 1", file=sys.stderr)
         return 2

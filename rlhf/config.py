@@ -140,6 +140,32 @@ class TaskConfig(Section):
     seed: int = 0
 
 
+class DataConfig(Section):
+    """Prompts from a file instead of the built-in task (`task.*` then only names the
+    default model's task)."""
+
+    train: str | None = Field(
+        None,
+        description="JSONL, Parquet or CSV file, or a folder saved by datasets' "
+        "save_to_disk; None: the built-in task",
+    )
+    eval: str | None = Field(None, description="held-out prompts; None: a part of train")
+    eval_fraction: float = Field(
+        0.05, gt=0, lt=1, description="with eval None: this fraction of train is held out"
+    )
+    prompt_key: str = Field(
+        "prompt",
+        description="the column holding the prompt: a string, or a list of chat messages "
+        "({role, content}); every other column reaches reward functions by name",
+    )
+    chat_template: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="auto: message lists go through the tokenizer's chat template (with the "
+        "generation prompt), strings stay as they are; always: strings too, as one user "
+        "message; never: strings only",
+    )
+
+
 class WarmStartConfig(Section):
     """A short supervised warm start on the task, so RL starts from a policy with signal."""
 
@@ -379,6 +405,7 @@ class Config(Section):
     topology: TopologyConfig = TopologyConfig()
     model: ModelConfig = ModelConfig()
     task: TaskConfig = TaskConfig()
+    data: DataConfig = DataConfig()
     warm_start: WarmStartConfig = WarmStartConfig()
     rollout: RolloutConfig = RolloutConfig()
     reward: RewardConfig = RewardConfig()

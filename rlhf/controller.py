@@ -30,6 +30,7 @@ from rlhf.algorithms import make_algorithm
 from rlhf.algorithms.base import STAGE_COLUMNS
 from rlhf.batch import TrainBatch, collate_rollouts, plan_shards
 from rlhf.config import Config, dump_config
+from rlhf.data.chat import prompt_ids
 from rlhf.dispatch import Pending, Pool
 from rlhf.events import EventLog
 from rlhf.membership import Membership
@@ -247,7 +248,7 @@ class Trainer:
     def _submit(self, prompts: list[Prompt], seed: int, greedy: bool = False) -> int:
         assert self.scheduler is not None
         n = 1 if greedy else self.cfg.rollout.samples_per_prompt
-        ids = [self.tokenizer(p.text).input_ids for p in prompts]
+        ids = [prompt_ids(self.tokenizer, p) for p in prompts]
         return self.scheduler.submit(ids, n, seed, greedy, "evaluate" if greedy else "generate")
 
     def _collect(self, prompts: list[Prompt], rid: int) -> Sampled:
@@ -357,7 +358,8 @@ class Trainer:
         assert self.pools is not None
         prompts = self.task.eval_prompts[: self.cfg.run.eval_prompts]
         sampled = self._generate(prompts, seed=0, greedy=True)
-        stage = RewardStage(self.pools.reward, self.timeout, functions=[self.task.default_reward])
+        default = self.task.default_reward  # None (a prompt file): the configured functions
+        stage = RewardStage(self.pools.reward, self.timeout, default and [default])
         self._finish_stage(stage, stage.submit(sampled), sampled)
         return float(np.nanmean(sampled.batch["rewards"]))
 

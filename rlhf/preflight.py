@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterator
 
 from rlhf.config import Config, ConfigError
+from rlhf.data.tasks import Task
 
 
 @contextlib.contextmanager
@@ -33,15 +34,23 @@ def launch_dir_importable() -> Iterator[None]:
             sys.path.remove(cwd)
 
 
-def check_before_start(cfg: Config) -> None:
-    """Raise `ConfigError` for the first thing in `cfg` that cannot work."""
-    from rlhf.data.tasks import make_task
+def check_before_start(cfg: Config) -> Task:
+    """Raise `ConfigError` for the first thing in `cfg` that cannot work; returns the run's
+    prompts (read once, here)."""
+    from rlhf.data.prompt_files import make_prompts
     from rlhf.models.default_model import check_model_path
     from rlhf.rewards.judges import resolve_judge_function
     from rlhf.rewards.scoring import resolve_reward_function
 
+    if cfg.data.train is not None and cfg.model.path is None:
+        raise ConfigError(
+            "data.train needs model.path (a Hugging Face model folder): the tiny default "
+            "model is built for a built-in task"
+        )
     try:
-        make_task(cfg.task)
+        task = make_prompts(cfg)
+    except ConfigError:
+        raise
     except ValueError as err:
         raise ConfigError(str(err)) from None
     if cfg.model.path is not None:
@@ -71,3 +80,4 @@ def check_before_start(cfg: Config) -> None:
         check_reward_models(cfg)
         if cfg.reward.judge.kind == "llm":
             judge_model_folder(cfg.reward.judge.llm.path)
+    return task

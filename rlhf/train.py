@@ -34,14 +34,12 @@ def train(cfg: Config) -> dict[str, Any]:
     import ray
 
     from rlhf.controller import Trainer
-    from rlhf.data.tasks import make_task
     from rlhf.models.default_model import prepare_model
     from rlhf.preflight import check_before_start
 
     started = time.perf_counter()
-    check_before_start(cfg)  # a user's mistake stops here: no run folder, no actor
+    task = check_before_start(cfg)  # a user's mistake stops here: no run folder, no actor
     run_dir = make_run_dir(cfg)
-    task = make_task(cfg.task)
     print(f"[rlhf] run folder: {run_dir}", flush=True)
     model_path = prepare_model(cfg)
     print(f"[rlhf] policy: {model_path}", flush=True)

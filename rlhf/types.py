@@ -15,6 +15,9 @@ class Prompt:
 
     text: str
     columns: dict[str, object] = field(default_factory=dict)
+    # a chat prompt: the messages ({role, content}) the chat template renders; `text` is
+    # then the last user message, what reward functions receive as the prompt
+    messages: list[dict[str, str]] | None = None
 
 
 @dataclass

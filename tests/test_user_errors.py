@@ -27,7 +27,8 @@ def _rows() -> list[tuple[str, str, str]]:
 def test_the_table_has_every_mistake_the_docs_promise():
     mistakes = {r[0] for r in _rows()}
     for kind in ("unknown task", "missing model folder", "malformed YAML in a file",
-                 "malformed YAML in an override", "misspelt built-in reward function"):  # fmt: skip
+                 "malformed YAML in an override", "misspelt built-in reward function",
+                 "unknown dataset file", "a dataset without the prompt key"):  # fmt: skip
         assert kind in mistakes
 
 
@@ -37,6 +38,7 @@ def test_a_mistake_exits_2_with_its_message_before_anything_starts(
 ):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "bad.yaml").write_text("rollout: {temperature: [1\n")
+    (tmp_path / "prompts.jsonl").write_text('{"question": "1+2=", "answer": "3"}\n' * 4)
 
     def started(cfg):  # the checks must stop the run before this
         raise AssertionError(f"{mistake}: got past the checks to the run folder")

@@ -1,0 +1,22 @@
+"""A prompt's token ids: chat messages through the tokenizer's chat template (with the
+generation prompt), plain text as it is."""
+
+from __future__ import annotations
+
+from rlhf.configbase import ConfigError
+from rlhf.types import Prompt
+
+
+def prompt_ids(tokenizer, prompt: Prompt) -> list[int]:
+    if prompt.messages is None:
+        return tokenizer(prompt.text).input_ids
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(
+            "data.chat_template: the prompts are chat messages but the model's tokenizer has "
+            "no chat template (give prompts as strings, or a model whose tokenizer has one)"
+        )
+    text = tokenizer.apply_chat_template(
+        prompt.messages, add_generation_prompt=True, tokenize=False
+    )
+    # the template writes the special tokens it wants (a BOS, say): add none of our own
+    return tokenizer(text, add_special_tokens=False).input_ids

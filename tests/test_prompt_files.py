@@ -1,0 +1,152 @@
+"""Prompts from the user's files (rlhf/data/prompt_files.py) and chat rendering
+(rlhf/data/chat.py): every format gives the same prompts; mistakes name the field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rlhf.config import ConfigError, load_config
+from rlhf.data.chat import prompt_ids
+from rlhf.data.prompt_files import make_prompts
+from rlhf.types import Prompt
+
+ROWS = [{"prompt": f"{a}+{a + 1}=", "answer": f"x{2 * a + 1}", "level": f"l{a % 3}"}
+        for a in range(40)]  # fmt: skip
+TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+
+
+def _write_all_formats(folder) -> dict[str, str]:
+    import datasets
+
+    paths = {"jsonl": folder / "p.jsonl", "csv": folder / "p.csv", "parquet": folder / "p.parquet",
+             "disk": folder / "saved"}  # fmt: skip
+    paths["jsonl"].write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    table = datasets.Dataset.from_list(ROWS)
+    table.to_csv(str(paths["csv"]), index=False)
+    table.to_parquet(str(paths["parquet"]))
+    table.save_to_disk(str(paths["disk"]))
+    return {k: str(v) for k, v in paths.items()}
+
+
+def test_every_file_format_gives_the_same_shuffled_split(tmp_path):
+    got = {}
+    for kind, path in _write_all_formats(tmp_path).items():
+        task = make_prompts(load_config(None, [f"data.train={path}", "data.eval_fraction=0.1"]))
+        got[kind] = (task.train_prompts, task.eval_prompts)
+    first = got["jsonl"]
+    assert all(v == first for v in got.values())
+    train, held = first
+    assert len(train) == 36 and len(held) == 4  # 10% of 40 held out
+    assert {p.text for p in train} | {p.text for p in held} == {r["prompt"] for r in ROWS}
+    assert [p.text for p in train] != [r["prompt"] for r in ROWS[:36]]  # shuffled (seeded)
+    row = next(r for r in ROWS if r["prompt"] == train[0].text)
+    assert train[0].columns == {"answer": row["answer"], "level": row["level"]}  # the others
+    again = make_prompts(load_config(None, [f"data.train={tmp_path / 'p.jsonl'}",
+                                            "data.eval_fraction=0.1"]))  # fmt: skip
+    assert again.train_prompts == train  # the same seed, the same order
+
+
+def test_chat_prompts_render_with_the_template_and_strings_stay_text(tmp_path):
+    from transformers import AutoTokenizer
+
+    from rlhf.models.default_model import prepare_model
+
+    rows = [{"prompt": [{"role": "system", "content": "add"}, {"role": "user", "content": "1+2="}],
+             "answer": "3"}]  # fmt: skip
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[0]) + "\n")
+    task = make_prompts(load_config(None, [f"data.train={path}"]))
+    chat = task.train_prompts[0]
+    assert chat.text == "1+2=" and chat.messages == rows[0]["prompt"]
+    tokenizer = AutoTokenizer.from_pretrained(prepare_model(load_config(None, [])))
+    tokenizer.chat_template = None  # the tiny model's has one: test without, then with ours
+    with pytest.raises(ConfigError, match="no chat template"):
+        prompt_ids(tokenizer, chat)
+    tokenizer.chat_template = TEMPLATE
+    rendered = "<system>add<user>1+2=<assistant>"
+    assert prompt_ids(tokenizer, chat) == tokenizer(rendered, add_special_tokens=False).input_ids
+    plain = Prompt("1+2=")
+    assert prompt_ids(tokenizer, plain) == tokenizer("1+2=").input_ids
+    # chat_template=always: a string becomes one user message
+    text_file = tmp_path / "text.jsonl"
+    text_file.write_text('{"prompt": "1+2="}\n{"prompt": "2+2="}\n')
+    always = make_prompts(
+        load_config(None, [f"data.train={text_file}", "data.chat_template=always"])
+    )
+    assert all(p.messages == [{"role": "user", "content": p.text}] for p in always.train_prompts)
+    with pytest.raises(ConfigError, match="chat_template=never"):
+        make_prompts(load_config(None, [f"data.train={path}", "data.chat_template=never"]))
+
+
+@pytest.mark.parametrize(
+    "content,override,match",
+    [
+        ('{"question": "1+2="}\n', "", r"data.prompt_key: .* has no column 'prompt'; its columns: question"),
+        ('{"prompt": 3}\n{"prompt": 4}\n', "", r"must be a string or a list of \{role, content\}"),
+        ('{"prompt": "a"}\n', "", "1 rows leave none to train on"),
+        ("not json\n", "", r"data.train: cannot read"),
+    ],
+)  # fmt: skip
+def test_file_mistakes_name_the_field(tmp_path, content, override, match):
+    path = tmp_path / "p.jsonl"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=match):
+        make_prompts(load_config(None, [f"data.train={path}", *filter(None, [override])]))
+    with pytest.raises(ConfigError, match="does not exist"):
+        make_prompts(load_config(None, [f"data.train={tmp_path / 'none.jsonl'}"]))
+    with pytest.raises(ConfigError, match="is not .jsonl"):
+        (tmp_path / "p.txt").write_text("x")
+        make_prompts(load_config(None, [f"data.train={tmp_path / 'p.txt'}"]))
+
+
+@pytest.mark.slow
+def test_training_on_chat_prompts_with_a_template_and_no_pad_token(tmp_path):
+    """A few iterations of `rlhf train` on a JSONL file of chat prompts: the model's
+    tokenizer has a chat template and no pad token, and the reward function reads an extra
+    column of the file (`answer`)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from transformers import AutoTokenizer
+
+    from rlhf.data.tasks import make_task
+    from rlhf.models.default_model import prepare_model
+
+    cfg = load_config(None, [])
+    model = tmp_path / "model"
+    shutil.copytree(prepare_model(cfg), model)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokenizer.pad_token = None
+    tokenizer.chat_template = TEMPLATE
+    tokenizer.save_pretrained(model)
+    assert AutoTokenizer.from_pretrained(model).pad_token_id is None
+    rows = [
+        {"prompt": [{"role": "user", "content": p.text}], "answer": p.columns["answer"]}
+        for p in make_task(cfg.task).train_prompts[:200]
+    ]
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlhf.cli", "train", f"model.path={model}", f"data.train={data}",
+         "reward.functions=[{name: addition_exact}]", "run.iterations=3",
+         "rollout.prompts_per_iteration=8", "rollout.samples_per_prompt=4", "rollout.engine=hf",
+         "run.eval_prompts=8", "run.save_model=false", "run.progress_bar=false",
+         "run.record_batches=true", "topology.rollout.workers=1", "topology.learner.workers=1",
+         f"run.output_dir={tmp_path}", "run.name=chat"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = tmp_path / "chat"
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 3
+    for r in records:  # every sample scored against its row's answer column
+        assert r["reward/dropped"] == 0 and 0.0 <= r["reward/addition_exact/mean"] <= 1.0
+    batches = [json.loads(x) for x in (run / "batches.jsonl").read_text().splitlines()]
+    held = {p["prompt"][0]["content"] for p in rows}
+    assert all(set(b["prompts"]) <= held for b in batches)  # the file's prompts
