@@ -79,6 +79,7 @@ class Trainer:
         self.tensorboard: TensorBoardLog | None = None
         self._examples: list[tuple[str, str, float]] = []
         self._warned: set[str] = set()
+        self._positions: dict[int, dict[str, float]] = {}  # iteration -> data/epoch, position
         (run_dir / "config.yaml").write_text(dump_config(cfg))
 
     # ------------------------------------------------------------------ set-up
@@ -142,6 +143,7 @@ class Trainer:
         t0 = time.perf_counter()
         sampled = self._batch(it)
         record["time/generate"] = time.perf_counter() - t0
+        record.update(self._positions.pop(it, {}))
         # Asynchronous generation: the next batches are generated while this one trains.
         for ahead in range(it + 1, min(it + cfg.rollout.max_staleness, cfg.run.iterations - 1) + 1):
             self._submit_batch(ahead)
@@ -226,7 +228,11 @@ class Trainer:
         """Prompts for (iteration, round) and their sampling seed: a pure function of the
         run's seed, so a batch generated ahead is the batch a synchronous run would get."""
         seed = self.cfg.run.seed * 100_003 + it + 7919 * round_
-        prompts = self.task.sample_train(num_prompts, seed=seed)
+        batch_at = getattr(self.task, "batch_at", None)
+        if batch_at is not None and round_ == 0:  # a prompt file: epochs, in order
+            prompts, self._positions[it] = batch_at(it, num_prompts)
+        else:
+            prompts = self.task.sample_train(num_prompts, seed=seed)
         return prompts, self.cfg.run.seed * 1_000_003 + it * 1_009 + round_
 
     def _submit_batch(self, it: int) -> None:

@@ -51,6 +51,26 @@ def test_every_file_format_gives_the_same_shuffled_split(tmp_path):
     assert again.train_prompts == train  # the same seed, the same order
 
 
+def test_batches_go_through_each_epoch_in_a_new_order_and_say_where_they_are(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    cfg = load_config(None, [f"data.train={path}", "data.eval_fraction=0.1"])
+    task = make_prompts(cfg)  # 36 training prompts: batches of 12, three per epoch
+    batches = [task.batch_at(it, 12) for it in range(7)]
+    epochs = [[p.text for b, _ in batches[3 * e : 3 * e + 3] for p in b] for e in range(2)]
+    for texts in epochs:  # every training prompt once per epoch
+        assert sorted(texts) == sorted(p.text for p in task.train_prompts)
+    assert epochs[0] != epochs[1]  # a new order each epoch
+    assert [w for _, w in batches[:4]] == [
+        {"data/epoch": 0.0, "data/position": 0.0},
+        {"data/epoch": 0.0, "data/position": 12.0},
+        {"data/epoch": 0.0, "data/position": 24.0},
+        {"data/epoch": 1.0, "data/position": 0.0},
+    ]
+    # a pure function of the iteration: another task object (a resumed run) agrees
+    assert make_prompts(cfg).batch_at(5, 12) == batches[5]
+
+
 def test_chat_prompts_render_with_the_template_and_strings_stay_text(tmp_path):
     from transformers import AutoTokenizer
 
@@ -145,6 +165,7 @@ def test_training_on_chat_prompts_with_a_template_and_no_pad_token(tmp_path):
     run = tmp_path / "chat"
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 3
+    assert [(r["data/epoch"], r["data/position"]) for r in records] == [(0, 0), (0, 8), (0, 16)]
     for r in records:  # every sample scored against its row's answer column
         assert r["reward/dropped"] == 0 and 0.0 <= r["reward/addition_exact/mean"] <= 1.0
     batches = [json.loads(x) for x in (run / "batches.jsonl").read_text().splitlines()]
