@@ -35,7 +35,10 @@ def test_yaml_then_overrides(tmp_path):
         ),
         ("rollout.temperature=-1", r"rollout\.temperature: .*greater than 0 \(got -1\)"),
         ("learner.zero_stage=5", r"learner\.zero_stage: .*0, 1, 2 or 3"),
-        ("bogus.x=1", r"bogus: unknown field; allowed here: algorithm, critic, elastic, learner"),
+        (
+            "bogus.x=1",
+            r"bogus: unknown field; allowed here: algorithm, critic, data, elastic, learner",
+        ),
         ("topology.learner.workers=0", r"topology\.learner\.workers must be >= 1"),
         ("rollout.samples_per_prompt=1", r"samples_per_prompt must be >= 2 for grpo"),
         ("reward.on_error=ignore", r"reward\.on_error: .*'drop', 'zero' or 'raise'"),
