@@ -71,6 +71,19 @@ def test_batches_go_through_each_epoch_in_a_new_order_and_say_where_they_are(tmp
     assert make_prompts(cfg).batch_at(5, 12) == batches[5]
 
 
+def test_the_example_config_reads_its_chat_prompt_file():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    cfg = load_config(root / "launch/configs/chat_prompts.yaml", [])
+    cfg.data.train = str(root / cfg.data.train)
+    task = make_prompts(cfg)
+    assert len(task.train_prompts) + len(task.eval_prompts) == 256
+    first = task.train_prompts[0]
+    assert first.messages[0]["role"] == "system" and first.messages[-1]["content"] == first.text
+    assert set(first.columns) == {"answer"}
+
+
 def test_chat_prompts_render_with_the_template_and_strings_stay_text(tmp_path):
     from transformers import AutoTokenizer
 
