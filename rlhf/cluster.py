@@ -88,7 +88,7 @@ def connect(cfg: Config, uses_reference: bool, uses_critic: bool = False) -> Non
         return
     namespace = cfg.ray.namespace or f"rlhf-{cfg.run.name or 'run'}"
     level = getattr(logging, cfg.run.log_level)
-    runtime_env = {"env_vars": worker_env(cfg)}
+    env = worker_env(cfg)
     if in_ray_job():
         # Ray merges the job's runtime environment with this one, key by key, and refuses a
         # key set in both. The job's working dir is on every worker's path already.
@@ -96,7 +96,8 @@ def connect(cfg: Config, uses_reference: bool, uses_critic: bool = False) -> Non
 
         job = json.loads(os.environ["RAY_JOB_CONFIG_JSON_ENV_VAR"]).get("runtime_env") or {}
         taken = set(job.get("env_vars") or {}) | {"PYTHONPATH"}
-        runtime_env = {"env_vars": {k: v for k, v in worker_env(cfg).items() if k not in taken}}
+        env = {k: v for k, v in env.items() if k not in taken}
+    runtime_env = {"env_vars": env}
     if cfg.ray.address is None:
         warn_if_oversubscribed(cfg, uses_reference, uses_critic)
         dashboard = cfg.ray.include_dashboard

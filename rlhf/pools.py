@@ -94,14 +94,13 @@ class Pools:
         needs: frozenset[str],
         events: EventLog | None = None,
     ) -> Pools:
-        """Start what the topology asks for: the reference pool only if `needs` has
-        reference log-probs, the critic pool only if it has values."""
-        from rlhf.cluster import connect
+        """Start what the topology asks for on the running Ray (`rlhf.cluster.connect`,
+        which `Trainer.start` calls first): the reference pool only if `needs` has reference
+        log-probs, the critic pool only if it has values."""
         from rlhf.workers.critic import CriticWorker
         from rlhf.workers.learner import LearnerWorker
 
         uses_reference, uses_critic = "ref_logprobs" in needs, "values" in needs
-        connect(cfg, uses_reference, uses_critic)
         t, timeout = cfg.topology, cfg.run.call_timeout_s
         pools = cls(cfg, model_path=model_path)
         for pool in pools.all():

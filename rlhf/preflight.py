@@ -47,12 +47,7 @@ def check_before_start(cfg: Config) -> Task:
             "data.train needs model.path (a Hugging Face model folder): the tiny default "
             "model is built for a built-in task"
         )
-    try:
-        task = make_prompts(cfg)
-    except ConfigError:
-        raise
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    task = make_prompts(cfg)
     if cfg.model.path is not None:
         check_model_path(cfg.model.path)
     with launch_dir_importable():
@@ -62,17 +57,9 @@ def check_before_start(cfg: Config) -> Task:
 
                 read_token(fn.token_file, f"reward.functions[{i}].token_file")
                 continue
-            try:
-                resolve_reward_function(fn.name)
-            except ValueError as err:
-                raise ConfigError(
-                    str(err).replace("reward.functions", f"reward.functions[{i}]")
-                ) from None
+            resolve_reward_function(fn.name, f"reward.functions[{i}]")
         if cfg.reward.judge.kind == "function" and cfg.reward.judge.function:
-            try:
-                resolve_judge_function(cfg.reward.judge.function)
-            except ValueError as err:
-                raise ConfigError(str(err)) from None
+            resolve_judge_function(cfg.reward.judge.function)
     if cfg.ray.address is None:  # on a cluster the folders are the nodes' business
         from rlhf.rewards.llm_judge import judge_model_folder
         from rlhf.train import check_reward_models

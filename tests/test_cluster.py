@@ -19,7 +19,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,17 +28,13 @@ from pathlib import Path
 
 import pytest
 
+from rlhf.sync.group import free_port
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 RAY = str(Path(sys.executable).parent / "ray")
 ITERATIONS = 16
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _kill_processes_under(marker: str) -> None:
@@ -76,21 +71,21 @@ def two_nodes():
         "RAY_metrics_report_interval_ms": "1000",  # gauges reach Prometheus within ~1 s
     }
     env.pop("RAY_ADDRESS", None)
-    gcs, dashboard = _free_port(), _free_port()
-    metrics = {"head": _free_port(), "rollout": _free_port()}
+    gcs, dashboard = free_port(), free_port()
+    metrics = {"head": free_port(), "rollout": free_port()}
     common = ["--disable-usage-stats"]
     try:
         subprocess.run(
             [RAY, "start", "--head", f"--port={gcs}", "--num-cpus=8",
              f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
              f"--metrics-export-port={metrics['head']}", f"--temp-dir={base / 'head'}",
-             f"--dashboard-agent-listen-port={_free_port()}", *common],
+             f"--dashboard-agent-listen-port={free_port()}", *common],
             env=env, check=True, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         subprocess.run(
             [RAY, "start", f"--address=127.0.0.1:{gcs}", "--num-cpus=4",
              '--resources={"rollout_node": 4}', f"--metrics-export-port={metrics['rollout']}",
-             f"--temp-dir={base / 'rollout'}", f"--dashboard-agent-listen-port={_free_port()}",
+             f"--temp-dir={base / 'rollout'}", f"--dashboard-agent-listen-port={free_port()}",
              *common],
             env=env, check=True, capture_output=True, text=True, timeout=120,
         )  # fmt: skip

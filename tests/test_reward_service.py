@@ -213,7 +213,6 @@ def test_an_unreachable_service_is_an_error_naming_it_within_the_timeout():
 
 
 def test_the_serve_reward_command_serves_a_function_the_config_names_remotely(tmp_path):
-    import socket
     import subprocess
     import sys
 
@@ -221,10 +220,9 @@ def test_the_serve_reward_command_serves_a_function_the_config_names_remotely(tm
     from rlhf.preflight import check_before_start
     from rlhf.rewards.builtin import addition_exact
     from rlhf.rewards.scoring import reward_function_of
+    from rlhf.sync.group import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     token_file = tmp_path / "token"
     proc = subprocess.Popen(
         [sys.executable, "-m", "rlhf.cli", "serve-reward", "--functions", "addition_exact",

@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from rlhf.config import TaskConfig
+from rlhf.config import ConfigError, TaskConfig
 from rlhf.types import Prompt
 
 
@@ -63,7 +63,7 @@ class AdditionTask(Task):
         order = np.random.default_rng(cfg.seed).permutation(n * n)
         n_eval = min(self.max_eval, (n * n) // 10)
         if n * n - n_eval < 1:
-            raise ValueError(f"task.max_operand={cfg.max_operand} leaves no training prompts")
+            raise ConfigError(f"task.max_operand={cfg.max_operand} leaves no training prompts")
         self.eval_prompts = [self._prompt(a[i], b[i]) for i in order[:n_eval]]
         self.train_prompts = [
             self._prompt(a[i], b[i]) for i in order[n_eval : n_eval + cfg.num_prompts]
@@ -90,7 +90,7 @@ def make_task(cfg: TaskConfig) -> Task:
     try:
         cls = TASKS[cfg.name]
     except KeyError:
-        raise ValueError(
+        raise ConfigError(
             f"task.name {cfg.name!r} is unknown; allowed: {', '.join(TASKS)}"
         ) from None
     return cls(cfg)

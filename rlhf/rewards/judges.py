@@ -67,10 +67,7 @@ class JudgeConfig(Section):
 def resolve_judge_function(name: str) -> JudgeFn:
     from rlhf.rewards.scoring import resolve_reward_function
 
-    try:
-        return resolve_reward_function(name)
-    except ValueError as err:
-        raise ValueError(str(err).replace("reward.functions", "reward.judge.function")) from None
+    return resolve_reward_function(name, "reward.judge.function")
 
 
 def checked_probabilities(

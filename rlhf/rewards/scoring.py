@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rlhf.configbase import ConfigError
+
 log = logging.getLogger(__name__)
 
 RewardFn = Callable[..., Sequence[float | None]]
@@ -29,24 +31,25 @@ class RewardFunctionError(RuntimeError):
     """A reward function failed and reward.on_error is 'raise'."""
 
 
-def resolve_reward_function(name: str) -> RewardFn:
-    """A built-in name, or 'package.module:function' importable in the reward worker."""
+def resolve_reward_function(name: str, field: str = "reward.functions") -> RewardFn:
+    """A built-in name, or 'package.module:function' importable in the reward worker; a
+    `ConfigError` naming `field` otherwise."""
     from rlhf.rewards.builtin import BUILTIN_REWARDS
 
     if name in BUILTIN_REWARDS:
         return BUILTIN_REWARDS[name]
     if ":" not in name:
-        raise ValueError(
-            f"reward.functions: {name!r} is neither a built-in ({', '.join(sorted(BUILTIN_REWARDS))}) "
+        raise ConfigError(
+            f"{field}: {name!r} is neither a built-in ({', '.join(sorted(BUILTIN_REWARDS))}) "
             "nor of the form 'package.module:function'"
         )
     module_name, attr = name.split(":", 1)
     try:
         fn = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
-        raise ValueError(f"reward.functions: cannot load {name!r}: {err}") from err
+        raise ConfigError(f"{field}: cannot load {name!r}: {err}") from err
     if not callable(fn):
-        raise ValueError(f"reward.functions: {name!r} is not callable")
+        raise ConfigError(f"{field}: {name!r} is not callable")
     return fn
 
 
