@@ -8,7 +8,7 @@ Every error names the field and says what is allowed (see `ConfigError`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -38,7 +38,7 @@ class PoolConfig(Section):
         description="the pool's Ray placement group: pack its workers onto as few nodes as "
         "possible, or spread them over nodes (strict: or fail); none: no placement group",
     )
-    resources: dict[str, float] = Field(
+    resources: dict[str, Annotated[float, Field(gt=0)]] = Field(
         {},
         description="custom Ray resources each worker needs, e.g. {rollout_node: 1}: the pool "
         "runs only on nodes that offer them (ray start --resources)",

@@ -112,6 +112,10 @@ def test_pool_resources_and_placement_are_checked_by_name():
     assert cfg.topology.rollout.resources == {"rollout_node": 1.0}
     with pytest.raises(Exception, match="topology.rollout.placement"):
         load_config(None, ["topology.rollout.placement=scatter"])
+    with pytest.raises(
+        Exception, match=r"topology.rollout.resources.rollout_node: .*greater than 0"
+    ):
+        load_config(None, ["topology.rollout.resources={rollout_node: -1}"])
 
 
 # ---------------------------------------------------------------- placement groups
