@@ -49,6 +49,12 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     sc = sub.add_parser("scale", help="resize a running job's rollout, reward or reference pool")
     sc.add_argument("run", help="the run's folder, or its name under runs/")
     sc.add_argument("sizes", nargs="+", help="pool=N, e.g. rollout=3 reward=2")
+    commands["train"].add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue a run from its newest checkpoint, with its config.yaml (overrides "
+        "still apply)",
+    )
     ev = commands["eval"]
     ev.add_argument("--policy", required=True, help="Hugging Face folder of the policy")
     ev.add_argument(
@@ -78,8 +84,17 @@ def main(argv: list[str] | None = None) -> int:
         return _scale(args)
     if args.command == "serve-reward":
         return _serve_reward(args)
+    resume = getattr(args, "resume", None)
+    checkpoint = None
     try:
-        cfg = load_config(args.config, args.overrides)
+        if resume and args.config:
+            raise ConfigError("--resume uses the run's own config.yaml: give overrides only")
+        if resume:
+            from rlhf.train import resume_config
+
+            cfg, checkpoint = resume_config(resume, args.overrides)
+        else:
+            cfg = load_config(args.config, args.overrides)
     except ConfigError as err:
         print(f"rlhf: {err}", file=sys.stderr)
         return 2
@@ -93,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     from rlhf.train import format_summary, train
 
     try:
-        summary = train(cfg)
+        summary = train(cfg, checkpoint)
     except ConfigError as err:  # found once files are read (model.path, reward.models)
         print(f"rlhf: {err}", file=sys.stderr)
         return 2

@@ -382,6 +382,15 @@ class RunConfig(Section):
         "workers and weights versions (an audit trail of what was trained on)",
     )
     save_model: bool = True
+    save_every: int = Field(
+        0,
+        ge=0,
+        description="a checkpoint (DeepSpeed state, RNG, run state, an HF export) in "
+        "<run>/checkpoints every this many iterations, for `rlhf train --resume`; 0 = never",
+    )
+    keep_checkpoints: int = Field(
+        2, ge=0, description="the newest this many checkpoints are kept; 0 = all"
+    )
     tensorboard: bool = Field(True, description="TensorBoard event files in <run>/tensorboard")
     samples_every: int = Field(
         10,

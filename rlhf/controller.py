@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,14 @@ import numpy as np
 from rlhf.algorithms import make_algorithm
 from rlhf.algorithms.base import STAGE_COLUMNS
 from rlhf.batch import TrainBatch, collate_rollouts, plan_shards
+from rlhf.checkpoint import (
+    RunState,
+    checkpoint_dir,
+    count_lines,
+    partial_dir,
+    publish,
+    truncate_lines,
+)
 from rlhf.config import Config, dump_config
 from rlhf.data.chat import prompt_ids
 from rlhf.dispatch import Pending, Pool
@@ -58,7 +67,9 @@ log = logging.getLogger(__name__)
 
 
 class Trainer:
-    def __init__(self, cfg: Config, run_dir: Path, model_path: str, task) -> None:
+    def __init__(
+        self, cfg: Config, run_dir: Path, model_path: str, task, resume_from: Path | None = None
+    ) -> None:
         from transformers import AutoTokenizer
 
         self.cfg = cfg
@@ -71,7 +82,14 @@ class Trainer:
         self.pools: Pools | None = None
         self.scheduler: RolloutScheduler | None = None
         self._ahead: dict[int, tuple[list[Prompt], int]] = {}  # batches submitted early
-        self.metrics = MetricsLog(run_dir)
+        # Resuming: the checkpoint's state, and the logs cut back to its iteration.
+        self.resume_from = resume_from
+        self.resumed: RunState | None = None
+        if resume_from is not None:
+            self.resumed = RunState.read(resume_from)
+            truncate_lines(run_dir / "metrics.jsonl", self.resumed.metrics_lines)
+            truncate_lines(run_dir / "batches.jsonl", self.resumed.batches_lines)
+        self.metrics = MetricsLog(run_dir, continues=self.resumed is not None)
         self.events = EventLog(run_dir)
         self.timeout = cfg.run.call_timeout_s
         self.membership: Membership | None = None
@@ -99,7 +117,9 @@ class Trainer:
             print(f"[rlhf] {line}", flush=True)
         self.ray_metrics = RayMetrics(self.run_dir.name)
         if cfg.tensorboard:
-            self.tensorboard = TensorBoardLog(self.run_dir / "tensorboard")
+            # Resumed: steps after the checkpoint that an earlier attempt wrote are dropped.
+            purge = self.resumed.iterations_done if self.resumed is not None else None
+            self.tensorboard = TensorBoardLog(self.run_dir / "tensorboard", purge_step=purge)
         self.scheduler = RolloutScheduler(
             self.pools.rollout, self.cfg.rollout.prompts_per_call, self.pools.elastic["rollout"]
         )
@@ -376,8 +396,20 @@ class Trainer:
         cfg = self.cfg
         started = time.perf_counter()
         summary: dict[str, Any] = {"run_dir": str(self.run_dir)}
-        summary["eval/greedy_reward_before"] = self.evaluate()
-        bar = tqdm(range(cfg.run.iterations), desc="rlhf", disable=not progress, dynamic_ncols=True)
+        first = self._restore() if self.resumed is not None else 0
+        if self.resumed is not None and self.resumed.eval_before is not None:
+            summary["eval/greedy_reward_before"] = self.resumed.eval_before
+        else:
+            summary["eval/greedy_reward_before"] = self.evaluate()
+        bar = tqdm(
+            range(first, cfg.run.iterations),
+            desc="rlhf",
+            disable=not progress,
+            dynamic_ncols=True,
+            initial=first,
+            total=cfg.run.iterations,
+        )
+        say = bar.write if progress else print
         for it in bar:
             record = self.iteration(it)
             if cfg.run.eval_every and (it + 1) % cfg.run.eval_every == 0:
@@ -388,7 +420,10 @@ class Trainer:
                 reward=f"{record.get('reward/mean', float('nan')):.3f}",
                 sec=f"{record['time/iteration']:.1f}",
             )
-            (bar.write if progress else print)(console_line(record))
+            say(console_line(record))
+            if cfg.run.save_every and (it + 1) % cfg.run.save_every == 0:
+                path = self.save_checkpoint(it + 1, summary["eval/greedy_reward_before"])
+                say(f"[rlhf] checkpoint: {path}")
         summary["eval/greedy_reward_after"] = self.evaluate()
         summary["eval/greedy_rise"] = (
             summary["eval/greedy_reward_after"] - summary["eval/greedy_reward_before"]
@@ -409,6 +444,60 @@ class Trainer:
             summary["final_model"] = str(final)
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
+
+    # ------------------------------------------------------------------ checkpoints
+    def _trained_pools(self) -> list[Pool]:
+        assert self.pools is not None
+        return [p for p in (self.pools.learner, self.pools.critic) if len(p)]
+
+    def save_checkpoint(self, iterations_done: int, eval_before: float | None) -> Path:
+        """A checkpoint after `iterations_done` iterations (`rlhf.checkpoint`), published
+        once complete; older ones beyond `run.keep_checkpoints` are deleted."""
+        assert self.pools is not None
+        t0 = time.perf_counter()
+        partial = partial_dir(self.run_dir, iterations_done)
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        saves = [
+            p.call_all("save_checkpoint", str(partial / p.role)) for p in self._trained_pools()
+        ]
+        for pending in saves:
+            pending.wait(self.timeout)
+        self.pools.learner.call_all("save_pretrained", str(partial / "hf")).wait(self.timeout)
+        RunState(
+            iterations_done=iterations_done,
+            policy_version=self.policy_version,
+            metrics_lines=len(self.metrics.history),
+            batches_lines=count_lines(self.run_dir / "batches.jsonl"),
+            eval_before=_finite_or_none(eval_before),
+            algorithm=self.algorithm.state(),
+        ).write(partial)
+        final = checkpoint_dir(self.run_dir, iterations_done)
+        removed = publish(partial, final, self.cfg.run.keep_checkpoints)
+        self.events.record(
+            "checkpoint_saved",
+            path=str(final),
+            seconds=round(time.perf_counter() - t0, 3),
+            removed=[p.name for p in removed],
+        )
+        return final
+
+    def _restore(self) -> int:
+        """Load the checkpoint being resumed into the learner (and critic) ranks, give the
+        rollout engines its weights; returns the first iteration to run."""
+        assert self.resumed is not None and self.resume_from is not None
+        assert self.membership is not None
+        state, folder = self.resumed, self.resume_from
+        loads = [p.call_all("load_checkpoint", str(folder / p.role)) for p in self._trained_pools()]
+        for pending in loads:
+            pending.wait(self.timeout)
+        self.policy_version = state.policy_version
+        self.algorithm.load_state(state.algorithm)
+        if self.policy_version > 0:  # the engines started from the initial weights
+            self.membership.sync_rollout(self.policy_version)
+        self.events.iteration = state.iterations_done
+        self.events.record("resumed", path=str(folder), policy_version=self.policy_version)
+        return state.iterations_done
 
     def _export(self, record: dict[str, Any]) -> None:
         """The iteration's metrics to Ray's metrics and TensorBoard; a warning that matters
@@ -459,6 +548,10 @@ def examples(sampled: Sampled, k: int = 4) -> list[tuple[str, str, float]]:
         if len(out) == k:
             break
     return out
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and np.isfinite(value) else None
 
 
 def _derive_sampler_gap(record: dict[str, Any]) -> None:

@@ -69,9 +69,13 @@ def _clean(value: Any) -> Any:
 
 
 class MetricsLog:
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, continues: bool = False) -> None:
+        """`continues`: a resumed run, whose history starts with the lines already there."""
         self.path = run_dir / "metrics.jsonl"
         self.history: list[dict[str, Any]] = []
+        if continues and self.path.is_file():
+            lines = self.path.read_text().splitlines()
+            self.history = [json.loads(line) for line in lines if line.strip()]
         self._file = self.path.open("a", buffering=1)
 
     def write(self, record: dict[str, Any]) -> None:

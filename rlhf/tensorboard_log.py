@@ -12,11 +12,13 @@ SAMPLES_SHOWN = 4
 
 
 class TensorBoardLog:
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, purge_step: int | None = None) -> None:
+        """`purge_step`: a resumed run; TensorBoard hides what earlier files logged from
+        that step on."""
         from torch.utils.tensorboard import SummaryWriter
 
         self.folder = folder
-        self.writer = SummaryWriter(log_dir=str(folder), flush_secs=10)
+        self.writer = SummaryWriter(log_dir=str(folder), flush_secs=10, purge_step=purge_step)
 
     def scalars(self, record: dict[str, Any]) -> None:
         step = int(record["iteration"])

@@ -30,7 +30,28 @@ def make_run_dir(cfg: Config) -> Path:
     return run_dir
 
 
-def train(cfg: Config) -> dict[str, Any]:
+def resume_config(run_dir_text: str, overrides: list[str]) -> tuple[Config, Path]:
+    """The config a run folder was started with (`config.yaml`), `overrides` on top, and
+    the newest complete checkpoint in it; or `ConfigError` naming what is missing."""
+    from rlhf.checkpoint import latest_checkpoint
+    from rlhf.config import ConfigError, load_config
+
+    run_dir = Path(run_dir_text).expanduser().absolute()
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"--resume: {run_dir_text!r} is not a run folder (no config.yaml)")
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        raise ConfigError(
+            f"--resume: {run_dir_text!r} has no complete checkpoint (run.save_every > 0 "
+            "writes them)"
+        )
+    cfg = load_config(str(run_dir / "config.yaml"), overrides)
+    cfg.run.output_dir, cfg.run.name = str(run_dir.parent), run_dir.name
+    return cfg, checkpoint
+
+
+def train(cfg: Config, resume_from: Path | None = None) -> dict[str, Any]:
+    """A run from the start, or from the checkpoint `resume_from` (in cfg's run folder)."""
     import ray
 
     from rlhf.controller import Trainer
@@ -43,7 +64,9 @@ def train(cfg: Config) -> dict[str, Any]:
     print(f"[rlhf] run folder: {run_dir}", flush=True)
     model_path = prepare_model(cfg)
     print(f"[rlhf] policy: {model_path}", flush=True)
-    trainer = Trainer(cfg, run_dir, model_path, task)
+    if resume_from is not None:
+        print(f"[rlhf] resuming from {resume_from}", flush=True)
+    trainer = Trainer(cfg, run_dir, model_path, task, resume_from)
     try:
         t0 = time.perf_counter()
         trainer.start()

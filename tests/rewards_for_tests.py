@@ -29,3 +29,16 @@ def first_position_judge(
 def broken_judge(prompts: list[str], completions_a: list[str], completions_b: list[str], **_):
     """Out-of-range, NaN and non-numeric answers, cycling."""
     return [[1.5, float("nan"), "x", 0.25][i % 4] for i in range(len(prompts))]
+
+
+def slow_addition_exact(
+    prompts: list[str], completions: list[str], answer, **kwargs: object
+) -> list[float | None]:
+    """The built-in exact-answer reward, 0.3 s late: iterations long enough for a test to
+    kill the run between two of them."""
+    import time
+
+    from rlhf.rewards.builtin import addition_exact
+
+    time.sleep(0.3)
+    return addition_exact(prompts, completions, answer, **kwargs)

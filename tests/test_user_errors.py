@@ -39,6 +39,8 @@ def test_a_mistake_exits_2_with_its_message_before_anything_starts(
     monkeypatch.chdir(tmp_path)
     (tmp_path / "bad.yaml").write_text("rollout: {temperature: [1\n")
     (tmp_path / "prompts.jsonl").write_text('{"question": "1+2=", "answer": "3"}\n' * 4)
+    (tmp_path / "old-run").mkdir()
+    (tmp_path / "old-run" / "config.yaml").write_text("run: {iterations: 2}\n")
 
     def started(cfg):  # the checks must stop the run before this
         raise AssertionError(f"{mistake}: got past the checks to the run folder")

@@ -114,6 +114,14 @@ class Algorithm(ABC):
         """Update controller-side state from an iteration's metrics (an adaptive KL)."""
         return {}
 
+    def state(self) -> dict[str, float]:
+        """Controller-side state that later iterations depend on, for a checkpoint."""
+        return {}
+
+    def load_state(self, state: dict[str, float]) -> None:
+        """The state `state()` returned (a resumed run)."""
+        return None
+
     # ------------------------------------------------------------------ learner half
     @abstractmethod
     def loss(self, out: ForwardOutput, mb: Tensors) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

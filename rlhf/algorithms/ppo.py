@@ -127,6 +127,12 @@ class PPO(PolicyGradient):
             self.kl.update(record["kl/sequence"], self._samples)
         return {"kl/coef_next": self.kl.value}
 
+    def state(self) -> dict[str, float]:
+        return {"kl_coef": self.kl.value}
+
+    def load_state(self, state: dict[str, float]) -> None:
+        self.kl.value = float(state["kl_coef"])
+
     def loss(self, out: ForwardOutput, mb: Tensors):
         w = mb["loss_weights"]
         per_token, metrics = policy_loss_terms(self.cfg, out, mb)

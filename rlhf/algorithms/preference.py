@@ -210,6 +210,12 @@ class OnlineDPO(PreferenceAlgorithm):
             metrics["pref/bco_shift"] = self._shift
         return metrics
 
+    def state(self) -> dict[str, float]:
+        return {} if self._shift is None else {"bco_shift": self._shift}
+
+    def load_state(self, state: dict[str, float]) -> None:
+        self._shift = state.get("bco_shift")
+
 
 class IPO(PreferenceAlgorithm):
     name = "ipo"

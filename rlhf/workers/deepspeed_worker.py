@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 from rlhf.algorithms import make_algorithm
 from rlhf.algorithms.base import ForwardOutput
 from rlhf.batch import Shard
+from rlhf.checkpoint import CHECKPOINT_TAG, read_rng_states, write_rng_states
 from rlhf.config import Config, LearnerConfig
 from rlhf.learner import export
 from rlhf.learner.deepspeed_setup import build_engine, init_process_group, resolve_backend
@@ -131,6 +133,24 @@ class DeepSpeedWorker(WorkerIdentity, ABC):
         )
         metrics[f"{self.role}/seconds"] = time.perf_counter() - t0
         return metrics
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, folder: str) -> None:
+        """Every rank writes its part of a DeepSpeed checkpoint (model, optimizer and lr
+        schedule; a collective) and its random-number states."""
+        engine = self._engine()
+        engine.save_checkpoint(folder, tag=CHECKPOINT_TAG, save_latest=False)
+        write_rng_states(Path(folder) / f"rng-rank{self.rank}.json")
+
+    def load_checkpoint(self, folder: str) -> None:
+        """The state `save_checkpoint` wrote, on a pool of the same size (a collective)."""
+        engine = self._engine()
+        path, _ = engine.load_checkpoint(
+            folder, tag=CHECKPOINT_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if path is None:
+            raise RuntimeError(f"{self.name}: no DeepSpeed checkpoint in {folder}")
+        read_rng_states(Path(folder) / f"rng-rank{self.rank}.json")
 
     def shutdown(self) -> None:
         import torch.distributed as dist
