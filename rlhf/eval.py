@@ -7,19 +7,34 @@ from pathlib import Path
 
 import torch
 
+from rlhf.data.chat import prompt_ids
 from rlhf.models.logprobs import pad_id_of
 from rlhf.types import Prompt
 
 
 @torch.no_grad()
-def greedy_completions(
-    model, tokenizer, texts: Sequence[str], max_new_tokens: int, batch_size: int = 256
+def completions_of(
+    model,
+    tokenizer,
+    prompts: Sequence[Prompt | str],
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    batch_size: int = 256,
 ) -> list[str]:
-    """Batched greedy generation (left-padded), decoded without special tokens."""
+    """One completion per prompt (left-padded batches; temperature 0: greedy), decoded
+    without special tokens. Chat prompts go through the chat template, as in a run."""
     pad = pad_id_of(tokenizer)
+    sampling = (
+        {"do_sample": False}
+        if temperature == 0
+        else {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+    )
     out: list[str] = []
-    for start in range(0, len(texts), batch_size):
-        rows = [tokenizer(t).input_ids for t in texts[start : start + batch_size]]
+    for start in range(0, len(prompts), batch_size):
+        rows = [
+            prompt_ids(tokenizer, p if isinstance(p, Prompt) else Prompt(p))
+            for p in prompts[start : start + batch_size]
+        ]
         width = max(len(r) for r in rows)
         ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.long)
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
@@ -27,12 +42,18 @@ def greedy_completions(
             input_ids=ids,
             attention_mask=mask,
             max_new_tokens=max_new_tokens,
-            do_sample=False,
             pad_token_id=pad,
             eos_token_id=tokenizer.eos_token_id,
+            **sampling,
         )
         out.extend(tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True))
     return out
+
+
+def greedy_completions(
+    model, tokenizer, prompts: Sequence[Prompt | str], max_new_tokens: int, batch_size: int = 256
+) -> list[str]:
+    return completions_of(model, tokenizer, prompts, max_new_tokens, 0.0, batch_size)
 
 
 def greedy_accuracy(
@@ -57,10 +78,10 @@ def greedy_accuracy(
     was_training = model.training
     model.eval()
     try:
-        texts = [p.text for p in prompts]
-        completions = greedy_completions(model, tokenizer, texts, max_new_tokens)
+        completions = greedy_completions(model, tokenizer, prompts, max_new_tokens)
     finally:
         model.train(was_training)
+    texts = [p.text for p in prompts]
     columns = {k: [p.columns[k] for p in prompts] for k in prompts[0].columns}
     scores = [s for s in reward_fn(texts, completions, **columns) if s is not None]
     return float(sum(scores) / len(scores)) if scores else float("nan")

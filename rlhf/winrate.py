@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from rlhf.models.logprobs import pad_id_of
 from rlhf.types import Prompt
 
 Z_95 = 1.959963984540054
@@ -95,42 +94,22 @@ def win_rate_from_probs(probs: np.ndarray, z: float = Z_95) -> WinRate:
 @torch.no_grad()
 def sample_completions(
     model_path: str,
-    texts: Sequence[str],
+    prompts: Sequence[Prompt | str],
     max_new_tokens: int,
     temperature: float,
     seed: int,
     batch_size: int = 256,
 ) -> list[str]:
-    """One completion per prompt with plain transformers (temperature 0: greedy)."""
+    """One completion per prompt with plain transformers (temperature 0: greedy); chat
+    prompts through the model's chat template."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rlhf.eval import greedy_completions
+    from rlhf.eval import completions_of
 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    if temperature == 0:
-        return greedy_completions(model, tokenizer, texts, max_new_tokens, batch_size)
     torch.manual_seed(seed)
-    pad = pad_id_of(tokenizer)
-    out: list[str] = []
-    for start in range(0, len(texts), batch_size):
-        rows = [tokenizer(t).input_ids for t in texts[start : start + batch_size]]
-        width = max(len(r) for r in rows)
-        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.long)
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-        gen = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=True,
-            temperature=temperature,
-            top_k=0,
-            top_p=1.0,
-            pad_token_id=pad,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        out.extend(tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True))
-    return out
+    return completions_of(model, tokenizer, prompts, max_new_tokens, temperature, batch_size)
 
 
 def evaluate_win_rate(
@@ -146,11 +125,12 @@ def evaluate_win_rate(
     from rlhf.workers.reward import RewardWorker
 
     samples = 1 if greedy else samples
-    texts = [p.text for p in prompts for _ in range(samples)]  # prompt-major
+    asked = [p for p in prompts for _ in range(samples)]  # prompt-major
+    texts = [p.text for p in asked]  # what the judge reads, as in training
     temperature = 0.0 if greedy else cfg.rollout.temperature
     new_tokens = cfg.rollout.max_new_tokens
-    ours = sample_completions(policy_path, texts, new_tokens, temperature, cfg.run.seed)
-    theirs = sample_completions(baseline_path, texts, new_tokens, temperature, cfg.run.seed + 1)
+    ours = sample_completions(policy_path, asked, new_tokens, temperature, cfg.run.seed)
+    theirs = sample_completions(baseline_path, asked, new_tokens, temperature, cfg.run.seed + 1)
     judge = RewardWorker(cfg, 0)
     keys = list(prompts[0].columns) if prompts else []
     columns = {k: [p.columns[k] for p in prompts for _ in range(samples)] for k in keys}

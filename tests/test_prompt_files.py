@@ -184,3 +184,26 @@ def test_training_on_chat_prompts_with_a_template_and_no_pad_token(tmp_path):
     batches = [json.loads(x) for x in (run / "batches.jsonl").read_text().splitlines()]
     held = {p["prompt"][0]["content"] for p in rows}
     assert all(set(b["prompts"]) <= held for b in batches)  # the file's prompts
+
+
+def test_evaluation_generates_from_chat_prompts_as_a_run_does():
+    """Greedy evaluation and `rlhf eval` give the model a chat prompt's rendered template (the
+    tokens a run generates from), not its bare text."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlhf.eval import greedy_completions
+    from rlhf.models.default_model import prepare_model
+    from rlhf.types import Prompt
+
+    path = prepare_model(load_config(None, []))
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    texts = ["1+2=", "10+20=", "7+85=", "99+99="]
+    prompts = [Prompt(t, messages=[{"role": "user", "content": t}]) for t in texts]
+    rendered = [
+        tokenizer.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=False)
+        for p in prompts
+    ]
+    got = greedy_completions(model, tokenizer, prompts, 4)
+    assert got == greedy_completions(model, tokenizer, rendered, 4)
+    assert got != greedy_completions(model, tokenizer, texts, 4)  # the check can fail
