@@ -192,7 +192,7 @@ def trl_job(cfg: Config, model_path: str, task, tokenizer) -> dict[str, Any]:
     r, learner, a = cfg.rollout, cfg.learner, cfg.algorithm
     rows = []
     for it in range(cfg.run.iterations):
-        for p in task.sample_train(r.prompts_per_iteration, seed=cfg.run.seed * 100_003 + it):
+        for p in task.batch_at(it, r.prompts_per_iteration, cfg.run.seed)[0]:
             rows.append({"prompt": p.text, "answer": str(p.columns["answer"])})
     checked = rows[: min(len(rows), 4 * r.prompts_per_iteration)]
     settings = {
@@ -383,7 +383,7 @@ def settings_rows(
         ("policy folder", "same folder", "same folder", yes),
         (
             "prompts",
-            "task.sample_train(P, seed=seed*100003+it)",
+            "task.batch_at(it, P, seed): epochs of the task's prompts",
             "the same rows, shuffle_dataset=False",
             "yes (order checked)",
         ),

@@ -248,10 +248,9 @@ class Trainer:
         """Prompts for (iteration, round) and their sampling seed: a pure function of the
         run's seed, so a batch generated ahead is the batch a synchronous run would get."""
         seed = self.cfg.run.seed * 100_003 + it + 7919 * round_
-        batch_at = getattr(self.task, "batch_at", None)
-        if batch_at is not None and round_ == 0:  # a prompt file: epochs, in order
-            prompts, self._positions[it] = batch_at(it, num_prompts)
-        else:
+        if round_ == 0:  # the dataset in epochs
+            prompts, self._positions[it] = self.task.batch_at(it, num_prompts, self.cfg.run.seed)
+        else:  # dynamic sampling's refills: drawn at random (seeded)
             prompts = self.task.sample_train(num_prompts, seed=seed)
         return prompts, self.cfg.run.seed * 1_000_003 + it * 1_009 + round_
 

@@ -56,7 +56,7 @@ def test_batches_go_through_each_epoch_in_a_new_order_and_say_where_they_are(tmp
     path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     cfg = load_config(None, [f"data.train={path}", "data.eval_fraction=0.1"])
     task = make_prompts(cfg)  # 36 training prompts: batches of 12, three per epoch
-    batches = [task.batch_at(it, 12) for it in range(7)]
+    batches = [task.batch_at(it, 12, cfg.run.seed) for it in range(7)]
     epochs = [[p.text for b, _ in batches[3 * e : 3 * e + 3] for p in b] for e in range(2)]
     for texts in epochs:  # every training prompt once per epoch
         assert sorted(texts) == sorted(p.text for p in task.train_prompts)
@@ -68,7 +68,7 @@ def test_batches_go_through_each_epoch_in_a_new_order_and_say_where_they_are(tmp
         {"data/epoch": 1.0, "data/position": 0.0},
     ]
     # a pure function of the iteration: another task object (a resumed run) agrees
-    assert make_prompts(cfg).batch_at(5, 12) == batches[5]
+    assert make_prompts(cfg).batch_at(5, 12, cfg.run.seed) == batches[5]
 
 
 def test_the_example_config_reads_its_chat_prompt_file():

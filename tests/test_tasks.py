@@ -66,6 +66,17 @@ def test_sample_train_is_a_function_of_the_seed():
     assert first != _texts(task.sample_train(16, seed=8))
 
 
+def test_the_built_in_task_is_walked_in_epochs_like_a_prompt_file():
+    task = make_task(TaskConfig(num_prompts=40))
+    batches = [task.batch_at(it, 10, seed=3) for it in range(8)]  # 4 batches an epoch
+    for epoch in range(2):
+        texts = [t for b, _ in batches[4 * epoch : 4 * epoch + 4] for t in _texts(b)]
+        assert sorted(texts) == sorted(_texts(task.train_prompts))  # each prompt once
+    assert batches[4][1] == {"data/epoch": 1.0, "data/position": 0.0}
+    assert _texts(batches[0][0]) != _texts(batches[4][0])  # a new order each epoch
+    assert _texts(task.batch_at(0, 10, seed=4)[0]) != _texts(batches[0][0])  # seeded
+
+
 def test_unknown_task_names_the_choices():
     assert "addition" in TASKS
     with pytest.raises(ValueError, match="task.name 'nope' is unknown; allowed: addition"):

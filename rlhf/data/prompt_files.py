@@ -112,26 +112,6 @@ class PromptFileTask(Task):
                 raise ConfigError(f"data.train: {len(train)} rows leave none to train on")
             train, self.eval_prompts = train[:-held], train[-held:]
         self.train_prompts = train
-        self.seed = cfg.run.seed
-        self._orders: dict[int, np.ndarray] = {}
-
-    def batch_at(self, it: int, k: int) -> tuple[list[Prompt], dict[str, float]]:
-        """Iteration `it`'s `k` prompts: the rows in epoch order, each epoch a new shuffle
-        (seeded), so every prompt comes once per epoch and a run resumed at `it` gets the
-        same batches. Also data/epoch and data/position (rows of that epoch done before it)."""
-        n = len(self.train_prompts)
-        out = []
-        for g in range(it * k, (it + 1) * k):
-            epoch, pos = divmod(g, n)
-            out.append(self.train_prompts[self._epoch_order(epoch)[pos]])
-        epoch, pos = divmod(it * k, n)
-        return out, {"data/epoch": float(epoch), "data/position": float(pos)}
-
-    def _epoch_order(self, epoch: int) -> np.ndarray:
-        if epoch not in self._orders:
-            self._orders = {epoch: np.random.default_rng([self.seed, epoch]).permutation(
-                len(self.train_prompts))}  # fmt: skip
-        return self._orders[epoch]
 
     @property
     def max_new_tokens(self) -> int:

@@ -38,6 +38,26 @@ class Task(ABC):
         """Text the default tokenizer is trained on: every prompt with its answer."""
         return [p.text + self.target(p) for p in self.train_prompts + self.eval_prompts]
 
+    def batch_at(self, it: int, k: int, seed: int) -> tuple[list[Prompt], dict[str, float]]:
+        """Iteration `it`'s `k` prompts: the training prompts in epochs, each a new shuffle
+        seeded by (`seed`, epoch), so every prompt comes once per epoch and a run resumed at
+        `it` gets the same batches. Also data/epoch and data/position (that epoch's prompts
+        used before this batch)."""
+        n = len(self.train_prompts)
+        out = []
+        for g in range(it * k, (it + 1) * k):
+            epoch, pos = divmod(g, n)
+            out.append(self.train_prompts[self._epoch_order(seed, epoch)[pos]])
+        epoch, pos = divmod(it * k, n)
+        return out, {"data/epoch": float(epoch), "data/position": float(pos)}
+
+    def _epoch_order(self, seed: int, epoch: int) -> np.ndarray:
+        cached = getattr(self, "_order", None)
+        if cached is None or cached[0] != (seed, epoch):
+            order = np.random.default_rng([seed, epoch]).permutation(len(self.train_prompts))
+            self._order = ((seed, epoch), order)  # batches walk one epoch after another
+        return self._order[1]
+
     def sample_train(self, k: int, seed: int) -> list[Prompt]:
         """k distinct training prompts, a pure function of the seed (runs can resume exactly)."""
         rng = np.random.default_rng(seed)
