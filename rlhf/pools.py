@@ -194,17 +194,12 @@ class Pools:
                 refs.append(actor.whereabouts.remote())
         return dict(zip(names, ray.get(refs, timeout=timeout), strict=True))
 
-    @staticmethod
-    def _address(pool: Pool, timeout: float, what: str) -> tuple[str, int]:
-        """A host and a free port on the pool's rank 0, which hosts a group's store."""
-        lead = pool.lead()
-        host, port = wait_all(
-            [lead.call_all("node_address"), lead.call_all("free_port")], timeout, what
-        )
-        return host[0], port[0]
-
     def _init_training(self, pool: Pool, timeout: float):
-        addr, port = self._address(pool, timeout, f"{pool.role} training group address")
+        """Rank 0 hosts the group's store, already listening on a port the OS chose (a port
+        picked first and bound later can be taken in between on a busy machine); every rank
+        then joins."""
+        what = f"{pool.role} training group address"
+        ((addr, port),) = pool.lead().call_all("host_training_store", what=what).wait(timeout)
         return pool.call_all("init_training", addr, port, what=f"{pool.role} init_training")
 
     def build_sync_group(self, timeout: float) -> None:

@@ -23,7 +23,7 @@ from rlhf.config import Config, LearnerConfig
 from rlhf.learner import export
 from rlhf.learner.deepspeed_setup import build_engine, init_process_group, resolve_backend
 from rlhf.learner.train_step import StepSettings, Tensors, forward_rows, train_on_shard
-from rlhf.sync.group import free_port, host_store
+from rlhf.sync.group import host_store
 from rlhf.workers.common import WorkerIdentity, setup_worker_process
 
 
@@ -60,9 +60,6 @@ class DeepSpeedWorker(WorkerIdentity, ABC):
         import ray
 
         return ray.util.get_node_ip_address()
-
-    def free_port(self) -> int:
-        return free_port(self.node_address())
 
     def host_training_store(self) -> tuple[str, int]:
         """Rank 0: start the training group's store; the (address, port) others join."""
