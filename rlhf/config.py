@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, model_validator
 from rlhf.algorithms import ALGORITHMS, AlgorithmConfig
 from rlhf.algorithms.grpo import GRPOConfig
 from rlhf.configbase import ConfigError, Section
+from rlhf.models.families import Family
 from rlhf.rewards.judges import JudgeConfig
 
 __all__ = ["Config", "ConfigError", "Section", "load_config", "build_config", "dump_config"]
@@ -118,6 +119,9 @@ class RayConfig(Section):
 
 # ---------------------------------------------------------------- model, task, warm start
 class TinyModelConfig(Section):
+    family: Family = Field(
+        "llama", description="architecture of the tiny default (rlhf.models.families)"
+    )
     hidden_size: int = Field(128, gt=0)
     num_layers: int = Field(4, gt=0)
     num_heads: int = Field(4, gt=0)

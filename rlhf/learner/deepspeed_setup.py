@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -163,3 +164,45 @@ def build_engine(
         dist_init_required=False,
     )
     return engine
+
+
+@contextmanager
+def single_rank_group(backend: str) -> Iterator[None]:
+    """A one-rank training group of this process, destroyed on exit. DeepSpeed caches groups
+    it derives from the first world group it sees, so a process that builds several engines
+    builds them all inside one such group."""
+    from rlhf.sync.group import host_store
+
+    store = host_store("127.0.0.1", 1, timeout_s=60)
+    init_process_group(
+        "127.0.0.1",
+        int(store.port),
+        rank=0,
+        world_size=1,
+        backend=resolve_backend(backend),
+        join_timeout_s=60,
+        op_timeout_s=600,
+        store=store,
+    )
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+@contextmanager
+def single_rank_engine(
+    model: torch.nn.Module, cfg: LearnerConfig, dtype: str, *, seed: int, steps: int
+) -> Iterator[Any]:
+    """A DeepSpeed engine on a one-rank group of this process, torn down on exit (the model's
+    parameters stay readable inside the block, also under ZeRO-3). The lr schedule counts
+    `steps` optimizer steps (one "iteration" each)."""
+    with single_rank_group(cfg.backend):
+        torch.manual_seed(seed)
+        engine = build_engine(
+            model, cfg, dtype, world_size=1, steps_per_iteration=1, iterations=steps
+        )
+        try:
+            yield engine
+        finally:
+            engine.destroy()
