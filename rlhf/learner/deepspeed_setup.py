@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from rlhf.config import LearnerConfig
+from rlhf.models.dtypes import DTYPES
 
 SHM_COMM_OP = "deepspeed_shm_comm"
 
@@ -80,7 +81,11 @@ def skip_shm_comm_op() -> None:
 
 def ds_config(cfg: LearnerConfig, dtype: str, world_size: int) -> dict[str, Any]:
     """DeepSpeed config. Accumulation is driven by the train step (explicit boundaries), so
-    DeepSpeed's own accumulation count stays 1 and its batch sizes are bookkeeping only."""
+    DeepSpeed's own accumulation count stays 1 and its batch sizes are bookkeeping only.
+    `dtype` is resolved (`rlhf.models.dtypes.pool_dtype`): bf16/fp16 train in mixed precision
+    with fp32 master weights in the optimizer."""
+    if dtype not in DTYPES:
+        raise ValueError(f"ds_config needs a resolved dtype ({', '.join(DTYPES)}), got {dtype!r}")
     return {
         "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
         "gradient_accumulation_steps": 1,

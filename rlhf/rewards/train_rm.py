@@ -21,6 +21,7 @@ import torch
 
 from rlhf.config import Config, ConfigError, RewardModelTrainingConfig, dump_config
 from rlhf.learner.deepspeed_setup import single_rank_engine
+from rlhf.models.dtypes import pool_dtype
 from rlhf.models.logprobs import pad_rows
 from rlhf.models.reward_model import ScalarReward, encode, init_from_folder, pad_id_of
 from rlhf.rewards.bradley_terry import bradley_terry_loss, pair_accuracy
@@ -199,7 +200,8 @@ def train_reward_model(cfg: Config) -> dict[str, Any]:
         add_identity_layers(model.classifier, s.extra_layers, s.seed)
     out = Path(s.output_dir).expanduser()
     t0 = time.perf_counter()
-    with single_rank_engine(model, s, cfg.model.dtype, seed=s.seed, steps=s.steps) as engine:
+    dtype = pool_dtype(cfg, "reward_model_training", torch.cuda.is_available())
+    with single_rank_engine(model, s, dtype, seed=s.seed, steps=s.steps) as engine:
         history = fit(engine, chosen, rejected, pad, s, log_every=max(1, s.steps // 10))
         train_seconds = time.perf_counter() - t0
         save(model, tokenizer, out)
