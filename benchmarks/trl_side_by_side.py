@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # measure this checkout's `rlhf`, whatever the venv has installed
 
 from rlhf.config import Config, load_config  # noqa: E402
+from rlhf.models.dtypes import pool_dtype  # noqa: E402
 
 TRL_VENV = ROOT / "benchmarks" / ".venv-trl"
 RUNNER = ROOT / "benchmarks" / "trl_grpo_runner.py"
@@ -459,7 +460,7 @@ def settings_rows(
             yes,
         ),
         ("grad clip", str(learner.grad_clip), f"max_grad_norm={s['grad_clip']}", yes),
-        ("dtype", cfg.model.dtype, "float32 (bf16=False)", yes),
+        ("dtype", pool_dtype(cfg, "learner", use_cuda=False), "float32 (bf16=False)", yes),
         ("gradient checkpointing", str(learner.gradient_checkpointing), "False", yes),
         (
             "learner",

@@ -16,6 +16,8 @@ from pydantic import Field, ValidationError, model_validator
 from rlhf.algorithms import ALGORITHMS, AlgorithmConfig
 from rlhf.algorithms.grpo import GRPOConfig
 from rlhf.configbase import ConfigError, Section
+from rlhf.models.dtypes import DtypeChoice
+from rlhf.models.families import Family
 from rlhf.rewards.judges import JudgeConfig
 
 __all__ = ["Config", "ConfigError", "Section", "load_config", "build_config", "dump_config"]
@@ -118,6 +120,9 @@ class RayConfig(Section):
 
 # ---------------------------------------------------------------- model, task, warm start
 class TinyModelConfig(Section):
+    family: Family = Field(
+        "llama", description="architecture of the tiny default (rlhf.models.families)"
+    )
     hidden_size: int = Field(128, gt=0)
     num_layers: int = Field(4, gt=0)
     num_heads: int = Field(4, gt=0)
@@ -129,7 +134,11 @@ class TinyModelConfig(Section):
 class ModelConfig(Section):
     path: str | None = Field(None, description="HF model folder; None builds the tiny default")
     tiny: TinyModelConfig = TinyModelConfig()
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: DtypeChoice = Field(
+        "auto",
+        description="every pool's dtype unless its own `dtype` says otherwise; auto: bfloat16 "
+        "on a GPU that has it, float32 elsewhere (CPU)",
+    )
     cache_dir: str = Field("~/.cache/rlhf", description="where built tiny models are kept")
 
 
@@ -180,8 +189,13 @@ class WarmStartConfig(Section):
 DEFAULT_TOKEN_FILE = "~/.cache/rlhf/reward-service.token"
 
 
+def _pool_dtype() -> Any:
+    return Field(None, description="this pool's dtype; None: model.dtype")
+
+
 class RolloutConfig(Section):
     engine: Literal["vllm", "hf"] = "vllm"
+    dtype: DtypeChoice | None = _pool_dtype()
     prompts_per_iteration: int = Field(64, gt=0)
     samples_per_prompt: int = Field(8, gt=0)
     max_new_tokens: int = Field(4, gt=0)
@@ -278,6 +292,17 @@ class LearnerConfig(Section):
     )
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     gradient_checkpointing: bool = False
+    dtype: DtypeChoice | None = Field(
+        None,
+        description="this pool's dtype (DeepSpeed's bf16/fp16 mixed precision, fp32 master "
+        "weights); None: model.dtype",
+    )
+
+
+class ReferenceConfig(Section):
+    """The reference pool (frozen initial policy; placed by topology.reference)."""
+
+    dtype: DtypeChoice | None = _pool_dtype()
 
 
 class CriticConfig(LearnerConfig):
@@ -417,6 +442,7 @@ class Config(Section):
     data: DataConfig = DataConfig()
     warm_start: WarmStartConfig = WarmStartConfig()
     rollout: RolloutConfig = RolloutConfig()
+    reference: ReferenceConfig = ReferenceConfig()
     reward: RewardConfig = RewardConfig()
     algorithm: AlgorithmConfig = GRPOConfig()
     learner: LearnerConfig = LearnerConfig()

@@ -1,92 +1,23 @@
-"""Generation engines on a real tiny model: samples, log-probs, and weight sync into them.
-
-The weights are perturbed and sent by another process through a real gloo sync group; after
-the sync, the engine's greedy output must equal plain transformers greedy generation with
-the perturbed weights (and must have differed before, so the check can fail).
-"""
+"""Generation engines on a real tiny model: samples, log-probs, and weight sync into them
+(the sync check is `tests.engine_checks.check_sync`)."""
 
 from __future__ import annotations
 
 import math
-import multiprocessing as mp
-import random
 
 import pytest
 import torch
 
-from rlhf.sync import SyncEndpoint, free_port, manifest_of
+from tests.engine_checks import NEW_TOKENS, PROMPTS, check_sync, corpus
 
 pytestmark = pytest.mark.slow
-
-# The long prompt fills a whole KV block (128 tokens on CPU), so vLLM caches its prefix: a
-# cache left stale by a sync would show.
-PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [20, 21], [3 + i % 40 for i in range(140)]]
-NEW_TOKENS = 12
-BUCKET = 64 * 1024  # several buckets for a ~1M-param model
-
-
-def _corpus() -> list[str]:
-    r = random.Random(0)
-    return [
-        f"{a}+{b}={a + b}" for a, b in ((r.randrange(100), r.randrange(100)) for _ in range(500))
-    ]
-
-
-def _perturbed(model_path: str, version: int) -> dict[str, torch.Tensor]:
-    """The learner's weights for `version`: the same in every process."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    g = torch.Generator().manual_seed(1000 + version)
-    state = {}
-    for name, t in model.state_dict().items():
-        state[name] = t + 0.05 * torch.randn(t.shape, generator=g)
-    # A sharper output layer: greedy choices far from ties, so kernels' rounding cannot flip them.
-    state["lm_head.weight"] = state["lm_head.weight"] * 4
-    return state
-
-
-def _sender(model_path: str, port: int, versions: list[int], q) -> None:
-    from rlhf.sync import WeightSyncGroup
-
-    try:
-        group = WeightSyncGroup("127.0.0.1", port, 0, 2, "gloo", 120.0, ["learner-0", "engine"])
-        for v in versions:
-            state = _perturbed(model_path, v)
-            stats = group.send(state.items(), manifest_of(state.items()), BUCKET, v)
-            q.put(("sent", v, stats["buckets"]))
-        group.close()
-    except Exception as err:  # surface the reason in the test's failure
-        q.put(("error", -1, repr(err)))
-
-
-def _hf_greedy(model_path: str, state: dict[str, torch.Tensor] | None) -> list[list[int]]:
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
-    if state is not None:
-        model.load_state_dict(state)
-    out = []
-    with torch.inference_mode():
-        for p in PROMPTS:
-            ids = torch.tensor([p])
-            seq = model.generate(
-                ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=NEW_TOKENS
-            )
-            out.append(seq[0, len(p) :].tolist())
-    return out
-
-
-def _greedy(engine) -> list[list[int]]:
-    out = engine.generate(PROMPTS, n=1, max_new_tokens=NEW_TOKENS, temperature=0.0)
-    return out.completion_ids
 
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory) -> str:
     from rlhf.models.tiny import build_tiny_model
 
-    return str(build_tiny_model(tmp_path_factory.mktemp("tiny"), _corpus()))
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny"), corpus()))
 
 
 @pytest.fixture(scope="module")
@@ -143,43 +74,12 @@ def _check_samples(engine, model_path: str) -> None:
         torch.testing.assert_close(torch.tensor(lp), want[:, 0], atol=2e-3, rtol=0)
 
 
-def _check_sync(engine, model_path: str) -> None:
-    versions = [1, 2]
-    wants = {v: _hf_greedy(model_path, _perturbed(model_path, v)) for v in versions}
-    before = _greedy(engine)
-    assert before == _hf_greedy(model_path, None)
-    assert all(before != w for w in wants.values())  # the sync must change the output
-
-    manifest = manifest_of(_perturbed(model_path, 0).items())
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    port = free_port()
-    proc = ctx.Process(target=_sender, args=(model_path, port, versions, q))
-    proc.start()
-    try:
-        engine.init_weight_sync(
-            SyncEndpoint("127.0.0.1", port, 1, 2, "gloo", 120.0, ("learner-0", "engine"))
-        )
-        for v in versions:
-            engine.receive_weights(manifest, BUCKET, v)
-            kind, version, buckets = q.get(timeout=60)
-            assert (kind, version) == ("sent", v), buckets
-            assert buckets > 1
-            assert _greedy(engine) == wants[v], f"version {v}"
-        engine.close_weight_sync()
-    finally:
-        proc.join(timeout=60)
-        if proc.is_alive():
-            proc.kill()
-    assert proc.exitcode == 0
-
-
 def test_vllm_samples_and_logprobs(vllm_engine, model_path):
     _check_samples(vllm_engine, model_path)
 
 
 def test_vllm_weight_sync_matches_transformers(vllm_engine, model_path):
-    _check_sync(vllm_engine, model_path)
+    check_sync(vllm_engine, model_path)
 
 
 def test_hf_samples_and_logprobs(hf_engine, model_path):
@@ -187,7 +87,7 @@ def test_hf_samples_and_logprobs(hf_engine, model_path):
 
 
 def test_hf_weight_sync_matches_transformers(hf_engine, model_path):
-    _check_sync(hf_engine, model_path)
+    check_sync(hf_engine, model_path)
 
 
 # ---------------------------------------------------------------- rollout.ignore_eos

@@ -207,3 +207,65 @@ def test_evaluation_generates_from_chat_prompts_as_a_run_does():
     got = greedy_completions(model, tokenizer, prompts, 4)
     assert got == greedy_completions(model, tokenizer, rendered, 4)
     assert got != greedy_completions(model, tokenizer, texts, 4)  # the check can fail
+
+
+# ---------------------------------------------------------------- the GPU example with Parquet
+GPU_EXAMPLE = "launch/configs/qwen_word_problems.yaml"
+
+
+def _gpu_example(overrides: list[str]):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    cfg = load_config(root / GPU_EXAMPLE, overrides)
+    cfg.data.train = str(root / cfg.data.train)
+    return cfg
+
+
+def test_the_gpu_example_passes_preflight_with_a_qwen2_folder_and_its_parquet_file(tmp_path):
+    """The example through the real loader and `rlhf train`'s checks, a tiny random Qwen2
+    folder standing in for Qwen2.5-0.5B-Instruct: the Parquet rows become chat prompts that
+    render with the model's template, and the reward scores each answer by its number."""
+    from transformers import AutoTokenizer
+
+    from rlhf.models.tiny import build_tiny_model
+    from rlhf.preflight import check_before_start
+    from rlhf.rewards.builtin import final_number
+
+    questions = [p.text for p in make_prompts(_gpu_example([])).train_prompts]
+    model = build_tiny_model(tmp_path / "qwen", questions, family="qwen2", num_layers=1)
+    cfg = _gpu_example([f"model.path={model}"])
+    task = check_before_start(cfg)
+    prompts = task.train_prompts + task.eval_prompts
+    assert len(prompts) == 200 and len(task.eval_prompts) == 10
+    first = prompts[0]
+    assert first.messages == [{"role": "user", "content": first.text}]
+    assert set(first.columns) == {"answer"} and "\n#### " in first.columns["answer"]
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    rendered = tokenizer.decode(prompt_ids(tokenizer, first))
+    assert rendered == f"user: {first.text}\nassistant: "
+
+    answers = [p.columns["answer"] for p in prompts]
+    numbers = [a.rsplit("#### ", 1)[1] for a in answers]
+    texts = [p.text for p in prompts]
+    right = final_number(texts, [f"So the answer is {n}." for n in numbers], answers)
+    wrong = final_number(texts, [f"So the answer is {int(n) + 1}." for n in numbers], answers)
+    assert right == [1.0] * 200 and wrong == [0.0] * 200
+
+
+def test_the_gpu_example_computes_in_bfloat16_on_mock_gpus(monkeypatch):
+    import torch
+
+    from rlhf.models.dtypes import pool_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    cfg = _gpu_example([])
+    got = {
+        pool: pool_dtype(cfg, pool, getattr(cfg.topology, pool).num_gpus > 0)
+        for pool in ("rollout", "learner", "reference")
+    }
+    assert got == {"rollout": "bfloat16", "learner": "bfloat16", "reference": "bfloat16"}
+    cpu = _gpu_example(["topology.reference.num_gpus=0"])
+    assert pool_dtype(cpu, "reference", cpu.topology.reference.num_gpus > 0) == "float32"

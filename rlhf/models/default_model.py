@@ -1,8 +1,9 @@
 """The policy a run starts from: a user's model folder, or the tiny default built and cached.
 
-The tiny default (tokenizer trained on the task's corpus, random Llama-style weights, a short
-supervised warm start) is kept in `model.cache_dir` under a hash of every setting that shapes
-it, so a second run with the same settings skips the build.
+The tiny default (tokenizer trained on the task's corpus, random weights of the family
+`model.tiny.family` names, Llama by default, and a short supervised warm start) is kept in
+`model.cache_dir` under a hash of every setting that shapes it, so a second run with the same
+settings skips the build.
 """
 
 from __future__ import annotations
@@ -25,9 +26,12 @@ READY_FILE = "rlhf_ready.json"
 
 def cache_key(cfg: Config) -> str:
     """A hash of everything that determines the built model (all seeds included)."""
+    tiny = cfg.model.tiny.model_dump(mode="json")
+    if tiny["family"] == "llama":  # added after version 2: llama models keep their keys
+        del tiny["family"]
     parts = {
         "version": BUILD_VERSION,
-        "tiny": cfg.model.tiny.model_dump(mode="json"),
+        "tiny": tiny,
         "task": cfg.task.model_dump(mode="json"),
         "warm_start": cfg.warm_start.model_dump(mode="json"),
     }
@@ -56,6 +60,7 @@ def _build(cfg: Config, work: Path) -> dict[str, float]:
     build_tiny_model(
         work,
         task.corpus(),
+        family=t.family,
         hidden_size=t.hidden_size,
         num_layers=t.num_layers,
         num_heads=t.num_heads,

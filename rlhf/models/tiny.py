@@ -50,6 +50,7 @@ def build_tiny_model(
     path: str | Path,
     corpus: list[str],
     *,
+    family: str = "llama",
     hidden_size: int = 128,
     num_layers: int = 4,
     num_heads: int = 4,
@@ -59,29 +60,29 @@ def build_tiny_model(
     max_position_embeddings: int = 256,
     seed: int = 0,
 ) -> Path:
-    """Train a tokenizer on `corpus`, build a random Llama-style model, save both to `path`."""
+    """Train a tokenizer on `corpus`, build a random model of `family` (see
+    `rlhf.models.families`), save both to `path` in Hugging Face format (safetensors)."""
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    from rlhf.models.families import SpecialIds, TinyShape, family_config
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer(corpus, vocab_size=vocab_size)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
+    shape = TinyShape(
         hidden_size=hidden_size,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
         intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads,
         max_position_embeddings=max_position_embeddings,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-        torch_dtype="float32",
+    )
+    ids = SpecialIds(
+        len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = AutoModelForCausalLM.from_config(family_config(family, shape, ids), dtype=torch.float32)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -89,5 +90,7 @@ def build_tiny_model(
     )
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
-    (path / "rlhf_tiny.json").write_text(json.dumps({"seed": seed, "corpus_size": len(corpus)}))
+    (path / "rlhf_tiny.json").write_text(
+        json.dumps({"family": family, "seed": seed, "corpus_size": len(corpus)})
+    )
     return path

@@ -1,13 +1,15 @@
 """Built-in reward functions: fn(prompts, completions, **columns) -> list[float | None].
 
 Columns arrive as lists aligned with `prompts` (TRL's convention); `answer` is the reference
-answer of the built-in tasks.
+answer of the built-in tasks (and of GSM8K-style prompt files, for `final_number`).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
+from decimal import Decimal, InvalidOperation
 
 
 def _clean(completion: object) -> str:
@@ -60,7 +62,40 @@ def addition_distance(
     return out
 
 
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+GSM8K_MARK = "####"  # GSM8K's solutions end "#### <number>"
+
+
+def last_number(text: str) -> Decimal | None:
+    """The last number written in `text` (thousands commas allowed), or None."""
+    found = _NUMBER.findall(text)
+    if not found:
+        return None
+    try:
+        return Decimal(found[-1].replace(",", ""))
+    except InvalidOperation:
+        return None
+
+
+def final_number(
+    prompts: list[str], completions: list[str], answer: Sequence[object], **_: object
+) -> list[float | None]:
+    """Verifiable, for word problems: 1.0 iff the completion's last number equals the answer's
+    (after GSM8K's '####' when there is one; 72, 72.0 and 72.00 are equal); None where the
+    answer holds no number (the reward does not apply)."""
+    out: list[float | None] = []
+    for c, a in zip(completions, answer, strict=True):
+        want = last_number(str(a).rsplit(GSM8K_MARK, 1)[-1])
+        if want is None:
+            out.append(None)
+            continue
+        got = last_number(c) if isinstance(c, str) else None
+        out.append(1.0 if got == want else 0.0)
+    return out
+
+
 BUILTIN_REWARDS: dict[str, Callable[..., list[float | None]]] = {
+    "final_number": final_number,
     "addition_exact": addition_exact,
     "addition_digits": addition_digits,
     "addition_distance": addition_distance,

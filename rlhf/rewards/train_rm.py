@@ -13,7 +13,6 @@ import json
 import math
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,8 @@ import numpy as np
 import torch
 
 from rlhf.config import Config, ConfigError, RewardModelTrainingConfig, dump_config
+from rlhf.learner.deepspeed_setup import single_rank_engine
+from rlhf.models.dtypes import pool_dtype
 from rlhf.models.logprobs import pad_rows
 from rlhf.models.reward_model import ScalarReward, encode, init_from_folder, pad_id_of
 from rlhf.rewards.bradley_terry import bradley_terry_loss, pair_accuracy
@@ -83,40 +84,6 @@ def load_pairs(cfg: Config) -> tuple[list[Pair], list[Pair], str]:
 
 
 # ---------------------------------------------------------------- training (DeepSpeed)
-@contextmanager
-def single_rank_engine(model: ScalarReward, s: RewardModelTrainingConfig, dtype: str):
-    """A DeepSpeed engine on a one-rank group of this process, torn down on exit (the model's
-    parameters stay readable inside the block, also under ZeRO-3)."""
-    import torch.distributed as dist
-
-    from rlhf.learner.deepspeed_setup import build_engine, init_process_group, resolve_backend
-    from rlhf.sync.group import host_store
-
-    store = host_store("127.0.0.1", 1, timeout_s=60)
-    init_process_group(
-        "127.0.0.1",
-        int(store.port),
-        rank=0,
-        world_size=1,
-        backend=resolve_backend(s.backend),
-        join_timeout_s=60,
-        op_timeout_s=600,
-        store=store,
-    )
-    engine = None
-    try:
-        torch.manual_seed(s.seed)
-        # the learner's lr schedule, with one "iteration" per optimizer step
-        engine = build_engine(
-            model, s, dtype, world_size=1, steps_per_iteration=1, iterations=s.steps
-        )
-        yield engine
-    finally:
-        if engine is not None:
-            engine.destroy()
-        dist.destroy_process_group()
-
-
 def batches(n: int, size: int, steps: int, seed: int) -> Iterator[list[int]]:
     """`steps` batches of `min(size, n)` indices: a seeded shuffle, epoch after epoch (a
     batch may span two epochs)."""
@@ -233,7 +200,8 @@ def train_reward_model(cfg: Config) -> dict[str, Any]:
         add_identity_layers(model.classifier, s.extra_layers, s.seed)
     out = Path(s.output_dir).expanduser()
     t0 = time.perf_counter()
-    with single_rank_engine(model, s, cfg.model.dtype) as engine:
+    dtype = pool_dtype(cfg, "reward_model_training", torch.cuda.is_available())
+    with single_rank_engine(model, s, dtype, seed=s.seed, steps=s.steps) as engine:
         history = fit(engine, chosen, rejected, pad, s, log_every=max(1, s.steps // 10))
         train_seconds = time.perf_counter() - t0
         save(model, tokenizer, out)

@@ -23,6 +23,7 @@ from rlhf.config import Config, LearnerConfig
 from rlhf.learner import export
 from rlhf.learner.deepspeed_setup import build_engine, init_process_group, resolve_backend
 from rlhf.learner.train_step import StepSettings, Tensors, forward_rows, train_on_shard
+from rlhf.models.dtypes import pool_dtype
 from rlhf.sync.group import host_store
 from rlhf.workers.common import WorkerIdentity, setup_worker_process
 
@@ -86,7 +87,7 @@ class DeepSpeedWorker(WorkerIdentity, ABC):
         self.engine = build_engine(
             self.load_model(),
             self.settings,
-            cfg.model.dtype,
+            pool_dtype(cfg, self.role, getattr(cfg.topology, self.role).num_gpus > 0),
             self.world_size,
             steps_per_iteration=self.algorithm.epochs * self.algorithm.mini_batches,
             iterations=cfg.run.iterations,

@@ -7,6 +7,7 @@ import torch
 
 from rlhf.batch import TrainBatch
 from rlhf.config import Config
+from rlhf.models.dtypes import pool_dtype
 from rlhf.models.logprobs import model_token_logprobs
 from rlhf.workers.common import WorkerIdentity, setup_worker_process
 
@@ -22,7 +23,7 @@ class ReferenceWorker(WorkerIdentity):
         self.device = (
             "cuda" if cfg.topology.reference.num_gpus > 0 and torch.cuda.is_available() else "cpu"
         )
-        dtype = getattr(torch, cfg.model.dtype)
+        dtype = getattr(torch, pool_dtype(cfg, "reference", self.device == "cuda"))
         self.model = (
             AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
         )

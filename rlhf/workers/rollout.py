@@ -18,6 +18,7 @@ class RolloutWorker(WorkerIdentity):
 
         from rlhf.algorithms import make_algorithm
         from rlhf.engines import make_engine
+        from rlhf.models.dtypes import pool_dtype
 
         setup_worker_process("rollout", cfg.topology, cfg.run.seed + 7919 * (index + 1))
         self.cfg = cfg
@@ -32,6 +33,8 @@ class RolloutWorker(WorkerIdentity):
             seed=cfg.run.seed + index,
             mixture_reference=model_path if self.mixture is not None else None,
             sleep_mode=uses_sleep_mode(cfg),
+            # the HF engine computes on the CPU wherever it runs
+            dtype=pool_dtype(cfg, "rollout", on_gpus(cfg) and cfg.rollout.engine == "vllm"),
         )
         self.policy_version = 0
 
@@ -103,9 +106,13 @@ class RolloutWorker(WorkerIdentity):
         self.engine.shutdown()
 
 
+def on_gpus(cfg: Config) -> bool:
+    return cfg.topology.rollout.num_gpus > 0
+
+
 def uses_sleep_mode(cfg: Config) -> bool:
     """A colocated rollout pool on GPUs frees its memory while the other pools compute."""
-    return cfg.topology.is_colocated("rollout") and cfg.topology.rollout.num_gpus > 0
+    return cfg.topology.is_colocated("rollout") and on_gpus(cfg)
 
 
 def interleave(first: Generation, second: Generation, n_first: int, n_second: int) -> Generation:
