@@ -30,12 +30,19 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         )
         commands[name] = s
     sv = sub.add_parser(
-        "serve-reward", help="serve reward functions over ZeroMQ (msgpack, token auth)"
+        "serve-reward",
+        help="serve reward functions and reward models over ZeroMQ (msgpack, token auth)",
     )
     sv.add_argument(
         "--functions",
-        required=True,
+        default="",
         help="comma-separated built-in names or 'package.module:function', served by name",
+    )
+    sv.add_argument(
+        "--models",
+        default="",
+        help="comma-separated NAME=FOLDER: reward models (one-label sequence classifiers, as "
+        "`rlhf train-rm` makes) served under NAME",
     )
     sv.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     sv.add_argument("--port", type=int, default=5555)
@@ -153,8 +160,9 @@ def _serve_reward(args: argparse.Namespace) -> int:
     try:
         with launch_dir_importable():
             functions = {name: resolve_reward_function(name) for name in names}
+        functions.update(served_models(args.models))
         if not functions:
-            raise ValueError("--functions names no function")
+            raise ValueError("give --functions or --models: nothing to serve")
         service = RewardService(
             functions,
             token_for_serving(args.token_file),
@@ -163,7 +171,7 @@ def _serve_reward(args: argparse.Namespace) -> int:
             max_bytes=args.max_bytes,
             timeout_s=args.timeout,
         )
-    except (ValueError, OSError, zmq.ZMQError) as err:  # a bad name, a port in use
+    except (ValueError, OSError, zmq.ZMQError, ConfigError) as err:  # a bad name or folder
         print(f"rlhf serve-reward: {err}", file=sys.stderr)
         return 2
     print(
@@ -176,6 +184,26 @@ def _serve_reward(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def served_models(spec: str) -> dict[str, object]:
+    """`--models a=/rm1,b=/rm2` as reward functions by name; errors name the flag."""
+    from rlhf.config import RewardModelConfig
+    from rlhf.rewards.reward_model import RewardModelScorer
+
+    defaults = RewardModelConfig(path="")
+    out: dict[str, object] = {}
+    for item in (x.strip() for x in spec.split(",") if x.strip()):
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ValueError(f"--models: {item!r} is not NAME=FOLDER")
+        out[name.strip()] = RewardModelScorer(
+            path.strip(),
+            defaults.batch_size,
+            defaults.max_length,
+            field=f"--models {name.strip()}",
+        )
+    return out
 
 
 def _eval(cfg, args: argparse.Namespace) -> int:

@@ -246,3 +246,56 @@ def test_the_serve_reward_command_serves_a_function_the_config_names_remotely(tm
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_the_serve_reward_command_serves_a_reward_model(tmp_path):
+    """`--models rm=<folder>`: a reward model answers remotely what it scores locally."""
+    import subprocess
+    import sys
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rlhf.rewards.reward_model import RewardModelScorer
+    from rlhf.sync.group import free_port
+    from tests.rows import tiny_model
+
+    policy = tiny_model(tmp_path / "policy", 32, 2, 1, 64)
+    rm = AutoModelForSequenceClassification.from_pretrained(policy, num_labels=1)
+    with torch.no_grad():
+        rm.score.weight.normal_(generator=torch.Generator().manual_seed(0))
+    rm.save_pretrained(tmp_path / "rm")
+    AutoTokenizer.from_pretrained(policy).save_pretrained(tmp_path / "rm")
+
+    port, token_file = free_port(), tmp_path / "token"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlhf.cli", "serve-reward", "--models", f"rm={tmp_path / 'rm'}",
+         "--port", str(port), "--token-file", str(token_file)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        seen = [proc.stdout.readline() for _ in range(1)]
+        while "serving" not in seen[-1] and seen[-1] and len(seen) < 50:  # after any warnings
+            seen.append(proc.stdout.readline())
+        assert f"serving rm at tcp://127.0.0.1:{port}" in seen[-1], seen
+        remote = RemoteReward(f"tcp://127.0.0.1:{port}", "rm", token_file.read_text().strip())
+        got = remote(PROMPTS, COMPLETIONS)
+        remote.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    want = RewardModelScorer(tmp_path / "rm")(PROMPTS, COMPLETIONS)
+    assert len(set(want)) == len(want)  # the scores tell the samples apart
+    # The same weights and tokens in two processes: equal up to how threads split the sums.
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
+
+
+def test_serve_reward_refuses_a_folder_that_is_no_reward_model(tmp_path, capsys):
+    from rlhf.cli import main
+
+    code = main(["serve-reward", "--models", f"rm={tmp_path / 'missing'}"])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"rlhf serve-reward: --models rm: {str(tmp_path / 'missing')!r} does not exist or is "
+        "not a folder"
+    )
