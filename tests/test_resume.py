@@ -136,7 +136,9 @@ def test_resumed_run_continues_as_the_uninterrupted_one(runs):
     coefs = [r["kl/coef"] for r in want]
     assert coefs[SAVE_EVERY] != coefs[0]
     events = [json.loads(line) for line in (resumed / "events.jsonl").read_text().splitlines()]
-    assert [e["iteration"] for e in events if e["event"] == "resumed"] == [SAVE_EVERY]
+    (resumed_at,) = [e["iteration"] for e in events if e["event"] == "resumed"]
+    # the newest complete checkpoint at the kill: 2 (or a later one on a very slow machine)
+    assert resumed_at % SAVE_EVERY == 0 and SAVE_EVERY <= resumed_at <= lines_at_kill
 
 
 def test_checkpoints_rotate_and_export_a_loadable_policy(runs):
