@@ -40,7 +40,7 @@ from rlhf.checkpoint import (
 )
 from rlhf.config import Config, dump_config
 from rlhf.data.chat import prompt_ids
-from rlhf.dispatch import Pending, Pool
+from rlhf.dispatch import Pending, Pool, wait_all
 from rlhf.events import EventLog
 from rlhf.membership import Membership
 from rlhf.metrics import MetricsLog, combine, console_line, mean_over
@@ -247,10 +247,10 @@ class Trainer:
     def _prompts(self, num_prompts: int, it: int, round_: int) -> tuple[list[Prompt], int]:
         """Prompts for (iteration, round) and their sampling seed: a pure function of the
         run's seed, so a batch generated ahead is the batch a synchronous run would get."""
-        seed = self.cfg.run.seed * 100_003 + it + 7919 * round_
         if round_ == 0:  # the dataset in epochs
             prompts, self._positions[it] = self.task.batch_at(it, num_prompts, self.cfg.run.seed)
         else:  # dynamic sampling's refills: drawn at random (seeded)
+            seed = self.cfg.run.seed * 100_003 + it + 7919 * round_
             prompts = self.task.sample_train(num_prompts, seed=seed)
         return prompts, self.cfg.run.seed * 1_000_003 + it * 1_009 + round_
 
@@ -460,8 +460,7 @@ class Trainer:
         saves = [
             p.call_all("save_checkpoint", str(partial / p.role)) for p in self._trained_pools()
         ]
-        for pending in saves:
-            pending.wait(self.timeout)
+        wait_all(saves, self.timeout, "save_checkpoint")
         self.pools.learner.call_all("save_pretrained", str(partial / "hf")).wait(self.timeout)
         RunState(
             iterations_done=iterations_done,
@@ -488,8 +487,7 @@ class Trainer:
         assert self.membership is not None
         state, folder = self.resumed, self.resume_from
         loads = [p.call_all("load_checkpoint", str(folder / p.role)) for p in self._trained_pools()]
-        for pending in loads:
-            pending.wait(self.timeout)
+        wait_all(loads, self.timeout, "load_checkpoint")
         self.policy_version = state.policy_version
         self.algorithm.load_state(state.algorithm)
         if self.policy_version > 0:  # the engines started from the initial weights

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import random
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -108,6 +110,25 @@ def greedy(engine) -> list[list[int]]:
     return out.completion_ids
 
 
+@contextmanager
+def sender_process(target: Callable, source, plan: list) -> Iterator[tuple[SyncEndpoint, object]]:
+    """`target(source, port, plan, queue)` in a spawned process, as the learner's side of a
+    two-member sync group; yields the engine's endpoint and the queue the sender reports
+    on. The sender must have ended well when the block ends without an error."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    port = free_port()
+    proc = ctx.Process(target=target, args=(source, port, plan, q))
+    proc.start()
+    try:
+        yield SyncEndpoint("127.0.0.1", port, 1, 2, "gloo", 120.0, ("learner-0", "engine")), q
+    finally:
+        proc.join(timeout=60)
+        if proc.is_alive():
+            proc.kill()
+    assert proc.exitcode == 0
+
+
 def check_sync(engine, model_path: str) -> None:
     versions = [1, 2]
     wants = {v: hf_greedy(model_path, perturbed(model_path, v)) for v in versions}
@@ -116,15 +137,8 @@ def check_sync(engine, model_path: str) -> None:
     assert all(before != w for w in wants.values())  # the sync must change the output
 
     manifest = manifest_of(perturbed(model_path, 0).items())
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    port = free_port()
-    proc = ctx.Process(target=_sender, args=(model_path, port, versions, q))
-    proc.start()
-    try:
-        engine.init_weight_sync(
-            SyncEndpoint("127.0.0.1", port, 1, 2, "gloo", 120.0, ("learner-0", "engine"))
-        )
+    with sender_process(_sender, model_path, versions) as (endpoint, q):
+        engine.init_weight_sync(endpoint)
         for v in versions:
             engine.receive_weights(manifest, BUCKET, v)
             kind, version, buckets = q.get(timeout=60)
@@ -132,8 +146,3 @@ def check_sync(engine, model_path: str) -> None:
             assert buckets > 1
             assert greedy(engine) == wants[v], f"version {v}"
         engine.close_weight_sync()
-    finally:
-        proc.join(timeout=60)
-        if proc.is_alive():
-            proc.kill()
-    assert proc.exitcode == 0

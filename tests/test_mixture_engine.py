@@ -12,7 +12,6 @@ reference alone, a b off by 0.05 and the weights before a sync all fall outside.
 from __future__ import annotations
 
 import math
-import multiprocessing as mp
 import random
 from dataclasses import dataclass, field
 
@@ -20,7 +19,8 @@ import pytest
 import torch
 
 from rlhf.engines.mixture import hf_mixture_probs
-from rlhf.sync import SyncEndpoint, free_port, manifest_of
+from rlhf.sync import manifest_of
+from tests.engine_checks import sender_process
 
 pytestmark = pytest.mark.slow
 
@@ -303,16 +303,9 @@ def test_weight_sync_reloads_only_the_policy(setup):
         assert ((got - want).abs() > tol).any()
 
     manifest = manifest_of(_perturbed(setup.policy_path, 1).items())
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    port = free_port()
     paths = (setup.policy_path, setup.reference_path)
-    proc = ctx.Process(target=_sender, args=(paths, port, plan, q))
-    proc.start()
-    try:
-        engine.init_weight_sync(
-            SyncEndpoint("127.0.0.1", port, 1, 2, "gloo", 120.0, ("learner-0", "engine"))
-        )
+    with sender_process(_sender, paths, plan) as (endpoint, q):
+        engine.init_weight_sync(endpoint)
         for v, source in plan:
             engine.receive_weights(manifest, BUCKET, v)
             kind, version, buckets = q.get(timeout=60)
@@ -336,11 +329,6 @@ def test_weight_sync_reloads_only_the_policy(setup):
                 stats = _check_distributions(setup, b, t)
                 print(f"after sync v{v}, b={b} T={t}: {stats}")
         engine.close_weight_sync()
-    finally:
-        proc.join(timeout=60)
-        if proc.is_alive():
-            proc.kill()
-    assert proc.exitcode == 0
 
 
 def test_bad_mixture_coef(setup):
