@@ -16,8 +16,13 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from rlhf.engines import cpu_seeded_sampling
 from rlhf.sync.buckets import ParamSpec
 from rlhf.sync.group import SyncEndpoint, WeightSyncGroup
+
+# vLLM imports this module in its worker process before the first step, in the process that
+# holds the model runner: seeded requests survive chunked prefill on CPU from then on.
+cpu_seeded_sampling.install()
 
 LAYERWISE_RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
 
