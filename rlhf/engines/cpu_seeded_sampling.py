@@ -27,6 +27,19 @@ import numpy as np
 
 _PATCHED = "_rlhf_seeded_chunked_prefill"
 
+# The seeds of the generators held out of a step since the last `take_held_out_seeds` (a test
+# and debugging probe: which seeded requests had a prefill chunked). Bounded: a long run that
+# never reads it keeps only the first ones.
+_HELD_OUT_SEEDS: set[int] = set()
+_MAX_RECORDED = 4096
+
+
+def take_held_out_seeds() -> list[int]:
+    """The initial seeds of every generator held out since the last call, and forget them."""
+    seeds = sorted(_HELD_OUT_SEEDS)
+    _HELD_OUT_SEEDS.clear()
+    return seeds
+
 
 def install() -> bool:
     """Patch vLLM's CPU model runner (idempotent). Returns whether the patch is in place.
@@ -49,6 +62,8 @@ def install() -> bool:
         num_reqs = self.input_batch.num_reqs
         discarded = np.flatnonzero(self.discard_request_mask.np[:num_reqs])
         held = {int(i): generators.pop(int(i)) for i in discarded if int(i) in generators}
+        if held and len(_HELD_OUT_SEEDS) < _MAX_RECORDED:
+            _HELD_OUT_SEEDS.update(g.initial_seed() for g in held.values())
         try:
             return original(self, *args, **kwargs)
         finally:

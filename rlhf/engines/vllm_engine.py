@@ -273,6 +273,12 @@ class VLLMEngine:
             raise ValueError(f"part must be one of {sorted(PARTS)}, got {part!r}")
         return (part,)
 
+    def take_chunked_prefill_seeds(self) -> list[int]:
+        """A test and debugging probe (CPU): the seeds of the seeded requests whose prefill was
+        chunked, so that a step sampled them and threw the token away
+        (`rlhf.engines.cpu_seeded_sampling`), since the last call."""
+        return self.llm.collective_rpc("rlhf_take_chunked_prefill_seeds")[0]
+
     def param_checksum(self, part: str | None = None) -> float:
         """Sum of the parameters: of the whole model, or on a mixture engine of one part,
         "policy" or "reference" (a sync changes only the policy's)."""

@@ -38,6 +38,9 @@ def manifest_from_wire(rows: list[list]) -> list[ParamSpec]:
 class WeightSyncExtension:
     """Mixed into vLLM's Worker: `self.model_runner`, `self.device` come from it."""
 
+    def rlhf_take_chunked_prefill_seeds(self) -> list[int]:
+        return cpu_seeded_sampling.take_held_out_seeds()
+
     def rlhf_init_weight_sync(self, endpoint_wire: dict) -> None:
         # vLLM's layer-wise reload warns "RotaryEmbedding: Failed to load weights" on every
         # sync: the rotary cache is a buffer, not a parameter, so no checkpoint carries it, and
