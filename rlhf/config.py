@@ -160,7 +160,11 @@ class DataConfig(Section):
     )
     eval: str | None = Field(None, description="held-out prompts; None: a part of train")
     eval_fraction: float = Field(
-        0.05, gt=0, lt=1, description="with eval None: this fraction of train is held out"
+        0.05,
+        ge=0,
+        lt=1,
+        description="with eval None: this fraction of train is held out (at least one row); "
+        "0: none, and the run has no greedy held-out evaluation",
     )
     prompt_key: str = Field(
         "prompt",
@@ -208,7 +212,13 @@ class RolloutConfig(Section):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0, description="0 disables top-k")
-    max_model_len: int = Field(256, gt=0)
+    max_model_len: int | None = Field(
+        None,
+        gt=0,
+        description="the engines' context, prompt + completion tokens; None: the longest "
+        "prompt plus max_new_tokens, within the model's positions (prompts with no room for "
+        "max_new_tokens are left out and counted: data/filtered_too_long)",
+    )
     kv_cache_bytes: int = Field(256 * 2**20, gt=0, description="vLLM KV cache per engine (CPU)")
     gpu_memory_utilization: float = Field(0.4, gt=0, le=1)
     enforce_eager: bool = True

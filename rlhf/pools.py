@@ -58,6 +58,7 @@ class Pools:
     critic: Pool = field(default_factory=lambda: Pool("critic"))
     manifest: list[ParamSpec] = field(default_factory=list)
     model_path: str = ""
+    max_model_len: int | None = None  # the rollout engines' context (`fit_prompts`)
     elastic: dict[str, ElasticPool] = field(default_factory=dict)
     sync_store: tuple[str, int] | None = None  # the sync group's store (on learner rank 0)
     placements: dict[str, PoolPlacement] = field(default_factory=dict)
@@ -73,7 +74,7 @@ class Pools:
         from rlhf.workers.rollout import RolloutWorker
 
         worker, extra = {
-            "rollout": (RolloutWorker, (self.model_path,)),
+            "rollout": (RolloutWorker, (self.model_path, self.max_model_len)),
             "reward": (RewardWorker, ()),
             "reference": (ReferenceWorker, (self.model_path,)),
         }[role]
@@ -93,16 +94,18 @@ class Pools:
         model_path: str,
         needs: frozenset[str],
         events: EventLog | None = None,
+        max_model_len: int | None = None,
     ) -> Pools:
         """Start what the topology asks for on the running Ray (`rlhf.cluster.connect`,
         which `Trainer.start` calls first): the reference pool only if `needs` has reference
-        log-probs, the critic pool only if it has values."""
+        log-probs, the critic pool only if it has values. `max_model_len`: the rollout
+        engines' context (None: `rollout.max_model_len`, or the model's)."""
         from rlhf.workers.critic import CriticWorker
         from rlhf.workers.learner import LearnerWorker
 
         uses_reference, uses_critic = "ref_logprobs" in needs, "values" in needs
         t, timeout = cfg.topology, cfg.run.call_timeout_s
-        pools = cls(cfg, model_path=model_path)
+        pools = cls(cfg, model_path=model_path, max_model_len=max_model_len)
         for pool in pools.all():
             pool.colocated = t.is_colocated(pool.role)
         ranked = [(pools.learner, LearnerWorker, t.learner)]

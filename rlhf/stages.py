@@ -254,10 +254,14 @@ def rollout_metrics(s: Sampled) -> dict[str, float]:
         )
         tokens = float(sum(len(c) for c in r.completion_ids))
         per_worker[f"{key}/tokens"] = per_worker.get(f"{key}/tokens", 0.0) + tokens
+    prompt_lengths = s.batch["attention_mask"].sum(axis=1) - lengths
     return {
         **per_worker,
         "time/generate_busy": max(busy.values(), default=0.0),
         "rollout/tokens": float(lengths.sum()),
         "rollout/length_mean": float(lengths.mean()),
+        "rollout/length_max": float(lengths.max()),
+        "rollout/prompt_length_mean": float(prompt_lengths.mean()),
+        "rollout/prompt_length_max": float(prompt_lengths.max()),
         "rollout/truncated_fraction": float(s.batch["truncated"].mean()),
     }

@@ -56,17 +56,18 @@ def train(cfg: Config, resume_from: Path | None = None) -> dict[str, Any]:
 
     from rlhf.controller import Trainer
     from rlhf.models.default_model import prepare_model
-    from rlhf.preflight import check_before_start
+    from rlhf.preflight import check_before_start, fit_to_model
 
     started = time.perf_counter()
     task = check_before_start(cfg)  # a user's mistake stops here: no run folder, no actor
+    model_path = prepare_model(cfg)
+    fit = fit_to_model(cfg, task, model_path)  # ... and a length that cannot work, here
     run_dir = make_run_dir(cfg)
     print(f"[rlhf] run folder: {run_dir}", flush=True)
-    model_path = prepare_model(cfg)
     print(f"[rlhf] policy: {model_path}", flush=True)
     if resume_from is not None:
         print(f"[rlhf] resuming from {resume_from}", flush=True)
-    trainer = Trainer(cfg, run_dir, model_path, task, resume_from)
+    trainer = Trainer(cfg, run_dir, model_path, task, resume_from, fit)
     try:
         t0 = time.perf_counter()
         trainer.start()
@@ -91,20 +92,36 @@ def check_reward_models(cfg: Config) -> None:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
+    if "eval/skipped" in summary:
+        greedy = f"skipped ({summary['eval/skipped']})"
+    else:
+        greedy = "{} -> {} ({})".format(
+            _number(summary["eval/greedy_reward_before"]),
+            _number(summary["eval/greedy_reward_after"]),
+            _number(summary["eval/greedy_rise"], "{:+.3f}"),
+        )
     lines = [
         "[rlhf] done in {:.0f} s ({} iterations)".format(
             summary["seconds/total"], summary["iterations"]
         ),
-        "[rlhf] mean reward, first 10% of iterations: {:.3f}; last 10%: {:.3f}; rise: {:+.3f}".format(
-            summary["reward/first_10pct"], summary["reward/last_10pct"], summary["reward/rise"]
+        "[rlhf] mean reward, first 10% of iterations: {}; last 10%: {}; rise: {}".format(
+            _number(summary["reward/first_10pct"]),
+            _number(summary["reward/last_10pct"]),
+            _number(summary["reward/rise"], "{:+.3f}"),
         ),
-        "[rlhf] greedy accuracy on held-out prompts: {:.3f} -> {:.3f} ({:+.3f})".format(
-            summary["eval/greedy_reward_before"],
-            summary["eval/greedy_reward_after"],
-            summary["eval/greedy_rise"],
-        ),
+        f"[rlhf] greedy reward on held-out prompts: {greedy}",
         f"[rlhf] metrics: {summary['run_dir']}/metrics.jsonl",
     ]
+    if summary.get("data/filtered_too_long"):
+        lines.append(
+            f"[rlhf] {summary['data/filtered_too_long']} prompts too long for "
+            f"rollout.max_model_len={summary['rollout/max_model_len']} were left out"
+        )
     if "final_model" in summary:
         lines.append(f"[rlhf] trained policy (Hugging Face format): {summary['final_model']}")
     return "\n".join(lines)
+
+
+def _number(value: float | None, form: str = "{:.3f}") -> str:
+    """A summary number, or "n/a" where there is none (no evaluation, no valid reward)."""
+    return "n/a" if value is None or value != value else form.format(value)

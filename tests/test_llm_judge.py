@@ -126,6 +126,7 @@ def test_template_filling():
 def test_default_template_tokenizes_sensibly_for_the_tiny_model():
     from rlhf.config import TaskConfig
     from rlhf.data.tasks import make_task
+    from rlhf.models.families import TinyShape
     from rlhf.models.tiny import train_tokenizer
 
     task = make_task(TaskConfig())
@@ -133,8 +134,9 @@ def test_default_template_tokenizes_sensibly_for_the_tiny_model():
     cfg = load_config(None, [])
     longest = fill_template(DEFAULT_TEMPLATE, "99+99=", "198", "1988")
     ids = tokenizer(longest).input_ids
-    # fits the tiny model's context (rollout.max_model_len) with the verdict budget to spare
-    assert len(ids) + cfg.reward.judge.llm.max_new_tokens <= cfg.rollout.max_model_len
+    # fits the tiny model's context (its positions) with the verdict budget to spare
+    positions = TinyShape().max_position_embeddings
+    assert len(ids) + cfg.reward.judge.llm.max_new_tokens <= positions
     assert len(ids) <= 64, len(ids)  # short: the judge is trained on it
     for letter in "AB":
         verdict = tokenizer(letter, add_special_tokens=False).input_ids

@@ -32,13 +32,26 @@ def test_the_table_has_every_mistake_the_docs_promise():
         assert kind in mistakes
 
 
+@pytest.fixture(scope="module")
+def short_model(tmp_path_factory) -> Path:
+    """A model folder whose config takes 64 positions (never run: only read)."""
+    from rlhf.models.tiny import build_tiny_model
+
+    corpus = [f"{a}+{a}={2 * a}" for a in range(50)]
+    path = tmp_path_factory.mktemp("short") / "model"
+    return build_tiny_model(path, corpus, hidden_size=64, num_heads=2, max_position_embeddings=64)
+
+
 @pytest.mark.parametrize("mistake,command,message", _rows(), ids=[r[0] for r in _rows()])
 def test_a_mistake_exits_2_with_its_message_before_anything_starts(
-    mistake, command, message, tmp_path, monkeypatch, capsys
+    mistake, command, message, tmp_path, monkeypatch, capsys, short_model
 ):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "bad.yaml").write_text("rollout: {temperature: [1\n")
     (tmp_path / "prompts.jsonl").write_text('{"question": "1+2=", "answer": "3"}\n' * 4)
+    (tmp_path / "questions.jsonl").write_text('{"question": "1+2="}\n' * 4)
+    (tmp_path / "one.jsonl").write_text('{"question": "1+2=", "answer": "3"}\n')
+    (tmp_path / "short-model").symlink_to(short_model)
     (tmp_path / "old-run").mkdir()
     (tmp_path / "old-run" / "config.yaml").write_text("run: {iterations: 2}\n")
 

@@ -106,10 +106,17 @@ class PromptFileTask(Task):
         train = [train[i] for i in order]
         if cfg.data.eval is not None:
             self.eval_prompts = _prompts(read_rows(cfg.data.eval, "data.eval"), cfg, "data.eval")
+        elif cfg.data.eval_fraction == 0:
+            self.eval_prompts = []
         else:
             held = max(1, int(round(len(train) * cfg.data.eval_fraction)))
             if held >= len(train):
-                raise ConfigError(f"data.train: {len(train)} rows leave none to train on")
+                raise ConfigError(
+                    f"data.train: {len(train)} row(s), and data.eval_fraction="
+                    f"{cfg.data.eval_fraction} holds {held} out for evaluation, leaving none to "
+                    "train on: give held-out prompts in data.eval, or set data.eval_fraction=0 "
+                    "(no held-out evaluation)"
+                )
             train, self.eval_prompts = train[:-held], train[-held:]
         self.train_prompts = train
 

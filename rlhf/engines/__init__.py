@@ -13,12 +13,15 @@ def make_engine(
     mixture_reference: str | None = None,
     sleep_mode: bool = False,
     dtype: str = "float32",
+    max_model_len: int | None = None,
 ) -> GenerationEngine:
     """The engine `rollout_cfg.engine` names; heavy imports happen only for the one chosen.
     `dtype`: the weights' and activations' dtype, resolved (`rlhf.models.dtypes.pool_dtype`).
     `mixture_reference`: a reference model folder; the engine then also samples the
     policy/reference geometric mixture (IPO-MD, Nash-MD; vLLM only). `sleep_mode`: a vLLM
-    engine on GPU may free its memory between its turns (colocated pools)."""
+    engine on GPU may free its memory between its turns (colocated pools). `max_model_len`:
+    the context a run decided (`rlhf.data.lengths.fit_prompts`); None: `rollout_cfg`'s, or
+    without one the model's positions."""
     if mixture_reference is not None and rollout_cfg.engine != "vllm":
         raise ValueError(
             "rollout.engine must be 'vllm' to sample the policy/reference mixture "
@@ -31,7 +34,7 @@ def make_engine(
             model_path,
             seed=seed,
             dtype=dtype,
-            max_model_len=rollout_cfg.max_model_len,
+            max_model_len=max_model_len or rollout_cfg.max_model_len,
             kv_cache_bytes=rollout_cfg.kv_cache_bytes,
             enforce_eager=rollout_cfg.enforce_eager,
             gpu_memory_utilization=rollout_cfg.gpu_memory_utilization,

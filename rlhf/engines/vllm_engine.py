@@ -82,7 +82,7 @@ class VLLMEngine:
         model_path: str,
         *,
         seed: int,
-        max_model_len: int,
+        max_model_len: int | None,
         kv_cache_bytes: int,
         dtype: str = "float32",
         enforce_eager: bool = True,

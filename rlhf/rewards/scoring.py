@@ -12,10 +12,11 @@ Every such event is counted in the returned metrics and logged.
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import math
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +52,20 @@ def resolve_reward_function(name: str, field: str = "reward.functions") -> Rewar
     if not callable(fn):
         raise ConfigError(f"{field}: {name!r} is not callable")
     return fn
+
+
+def missing_columns(fn: Callable, fixed: int, columns: Iterable[str]) -> list[str]:
+    """The parameters `fn` requires beyond its first `fixed` (the prompts and completions)
+    that no dataset column named in `columns` fills: called with `**columns`, it would raise
+    TypeError on every batch. [] when its signature cannot be read."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # a builtin or C callable: nothing to read
+        return []
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    required = [p.name for p in params[fixed:] if p.default is p.empty and p.kind not in variadic]
+    have = set(columns)
+    return [name for name in required if name not in have]
 
 
 def reward_function_of(cfg) -> RewardFn:

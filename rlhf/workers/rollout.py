@@ -13,7 +13,9 @@ from rlhf.workers.common import WorkerIdentity, setup_worker_process
 
 
 class RolloutWorker(WorkerIdentity):
-    def __init__(self, cfg: Config, index: int, model_path: str) -> None:
+    def __init__(
+        self, cfg: Config, index: int, model_path: str, max_model_len: int | None = None
+    ) -> None:
         from transformers import AutoTokenizer
 
         from rlhf.algorithms import make_algorithm
@@ -35,6 +37,7 @@ class RolloutWorker(WorkerIdentity):
             sleep_mode=uses_sleep_mode(cfg),
             # the HF engine computes on the CPU wherever it runs
             dtype=pool_dtype(cfg, "rollout", on_gpus(cfg) and cfg.rollout.engine == "vllm"),
+            max_model_len=max_model_len,
         )
         self.policy_version = 0
 
