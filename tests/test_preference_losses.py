@@ -196,6 +196,26 @@ def test_online_dpo_arranges_pairs_as_units():
         assert shard.batch.units.tolist() in ([0, 0], [1, 1])
 
 
+def test_masked_truncated_completions_form_no_pair():
+    """Prompt 0's best answer (row 0) was cut at max_new_tokens: with the mask, its pair is
+    built from the answers that ended (row 2 over row 1); prompt 1 is untouched."""
+    algo = make_algorithm(OnlineDPOConfig(mask_truncated_completions=True), max_new_tokens=4)
+    batch = sampled_batch()
+    batch["truncated"] = np.array([1, 0, 0, 0, 0, 0], dtype=np.float32)
+    comparisons = comparisons_from_rewards(batch["rewards"], batch.units, tau=0.1)
+    pairs, metrics = algo.arrange(batch, comparisons)
+    np.testing.assert_array_equal(pairs["input_ids"][0], batch["input_ids"][2])
+    np.testing.assert_array_equal(pairs["input_ids"][1], batch["input_ids"][1])
+    np.testing.assert_array_equal(pairs["input_ids"][2], batch["input_ids"][5])
+    assert metrics["pairs/count"] == 2
+    assert metrics["pairs/dropped_truncated"] == 2  # row 0 against rows 1 and 2
+    unmasked, plain = make_algorithm(OnlineDPOConfig(), max_new_tokens=4).arrange(
+        batch, comparisons
+    )
+    assert plain["pairs/dropped_truncated"] == 0  # without the mask row 0 is chosen
+    np.testing.assert_array_equal(unmasked["input_ids"][0], batch["input_ids"][0])
+
+
 def loss_of(algo, pairs, logprobs):
     mb = {k: torch.from_numpy(np.array(v)).double() for k, v in pairs.columns.items()}
     lp = torch.tensor(logprobs, dtype=torch.float64, requires_grad=True)

@@ -38,6 +38,20 @@ PREFERENCE = declare(
 REWARD_SHIFT = declare("reward_shift", "sequence", np.float32, "BCO's running reward mean")
 
 
+def _mask_truncated_field() -> bool:
+    return Field(
+        False,
+        description="no pair with a completion cut at max_new_tokens (its judgement compares "
+        "an unfinished answer); dropped pairs are counted: pairs/dropped_truncated",
+    )
+
+
+def without_truncated(comparisons: Comparisons, truncated: np.ndarray) -> Comparisons:
+    """The comparisons between two completions that both ended before max_new_tokens."""
+    whole = (truncated[comparisons.a] == 0) & (truncated[comparisons.b] == 0)
+    return Comparisons(comparisons.a[whole], comparisons.b[whole], comparisons.prob[whole])
+
+
 class PreferenceConfig(Section):
     """What every pairwise preference algorithm shares."""
 
@@ -62,6 +76,7 @@ class PreferenceConfig(Section):
         0.0, ge=0, description="weight of the chosen answer's token-mean NLL (RPO); 0 = off"
     )
     mini_batches: int = Field(1, gt=0, description="optimizer steps per batch")
+    mask_truncated_completions: bool = _mask_truncated_field()
 
     def check(self, cfg: Config) -> None:
         if cfg.rollout.samples_per_prompt < 2:
@@ -112,6 +127,9 @@ class PreferenceAlgorithm(Algorithm):
     ) -> tuple[TrainBatch, dict[str, float]]:
         if comparisons is None:
             raise RuntimeError(f"{self.name}: no judge answers (the preferences stage did not run)")
+        judged = len(comparisons)
+        if self.cfg.mask_truncated_completions:
+            comparisons = without_truncated(comparisons, batch["truncated"])
         pairs = build_pairs(comparisons, batch.units, self.cfg.pairs, self.cfg.tie_margin)
         rows = np.stack([pairs.chosen, pairs.rejected], axis=1).reshape(-1)
         out = batch.select(rows)
@@ -124,6 +142,7 @@ class PreferenceAlgorithm(Algorithm):
             "pairs/count": float(len(pairs)),
             "pairs/dropped_ties": float(pairs.dropped_ties),
             "pairs/dropped_no_answer": float(pairs.dropped_invalid),
+            "pairs/dropped_truncated": float(judged - len(comparisons)),
         }
         if len(pairs):
             metrics["pairs/target_mean"] = float(np.mean(pairs.target))
@@ -277,6 +296,7 @@ class NashMDConfig(MixtureConfig):
     name: Literal["nash_md"] = "nash_md"
     beta: float = Field(0.1, gt=0, description="KL regularisation to the reference")
     mini_batches: int = Field(1, gt=0, description="optimizer steps per batch")
+    mask_truncated_completions: bool = _mask_truncated_field()
 
     def check(self, cfg: Config) -> None:
         self.check_engine(cfg)
@@ -312,6 +332,9 @@ class NashMD(Algorithm):
     ) -> tuple[TrainBatch, dict[str, float]]:
         if comparisons is None:
             raise RuntimeError("nash_md: no judge answers (the preferences stage did not run)")
+        judged = len(comparisons)
+        if self.cfg.mask_truncated_completions:
+            comparisons = without_truncated(comparisons, batch["truncated"])
         mixture = batch["from_mixture"] > 0
         rows, probs = [], []
         for a, b, p in zip(comparisons.a, comparisons.b, comparisons.prob, strict=True):
@@ -325,6 +348,7 @@ class NashMD(Algorithm):
         metrics = {
             "pairs/count": float(len(rows)),
             "pairs/dropped_no_answer": float(int((~np.isfinite(comparisons.prob)).sum())),
+            "pairs/dropped_truncated": float(judged - len(comparisons)),
         }
         if rows:
             metrics["nash/preference_mean"] = float(np.mean(probs))
