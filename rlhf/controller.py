@@ -44,6 +44,7 @@ from rlhf.data.lengths import PromptFit, fit_prompts
 from rlhf.dispatch import Pending, Pool, wait_all
 from rlhf.events import EventLog
 from rlhf.membership import Membership
+from rlhf.memory import MemoryProbe
 from rlhf.metrics import MetricsLog, combine, console_line, mean_over
 from rlhf.models.logprobs import pad_id_of
 from rlhf.placement_report import startup_summary
@@ -146,6 +147,8 @@ class Trainer:
             lambda: self.policy_version,
         )
         self._sleeps = uses_sleep_mode(self.cfg)
+        generating_ahead = {"rollout"} if self.cfg.rollout.max_staleness else set()
+        self.memory = MemoryProbe(min(self.timeout, MemoryProbe.WAIT_S), generating_ahead)
 
     def scale(self, **sizes: int) -> None:
         """Resize elastic pools of the running job (`Membership.scale`)."""
@@ -231,6 +234,7 @@ class Trainer:
             record["sync/send_seconds"] = stats.get("seconds", 0.0)
         record.update(algo.after_iteration(record))
         record.update(self.membership.metrics())
+        record.update(self.memory.read(self.pools))
         record["time/iteration"] = time.perf_counter() - started
         return record
 

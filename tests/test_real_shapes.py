@@ -142,6 +142,8 @@ def test_400_token_prompts_and_256_token_answers_train_on_vllm(tmp_path):
         assert r["data/filtered_too_long"] == too_long and r["reward/dropped"] == 0
         assert min(kept) <= r["rollout/prompt_length_max"] <= max(kept)
         assert r["rollout/length_max"] == 256  # a random tiny model rarely says EOS
+        for pool in ("rollout", "learner", "reward"):  # each pool's memory, every iteration
+            assert 0.1 < r[f"memory/{pool}/peak_gib"] < 24
         assert r["sync/logprob_abs_diff"] < 1e-5
     summary = strict_json(run / "summary.json")
     # the engines' context follows the prompts: the longest kept one plus the answer budget

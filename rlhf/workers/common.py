@@ -49,6 +49,12 @@ class WorkerIdentity:
     def pid(self) -> int:
         return os.getpid()
 
+    def memory(self) -> dict[str, float]:
+        """This process's memory: now, and its peak since the last call (`rlhf.memory`)."""
+        from rlhf.memory import process_memory
+
+        return process_memory(reset_peak=True)
+
     def whereabouts(self) -> dict[str, object]:
         import ray
 
