@@ -70,3 +70,27 @@ def test_reference_worker_returns_completion_logprobs(tiny):
             torch.from_numpy(got[i, : len(row)]), alone[0], atol=1e-5, rtol=1e-5
         )
         assert not got[i, len(row) :].any()  # padding holds no log-probs
+
+
+def test_logits_of_the_completions_tail_give_the_same_completion_logprobs(tiny):
+    """The learner runs the output layer only from the position before the earliest
+    completion token (`completion_tail`): the completion tokens' log-probs are those of the
+    full forward (one matmul on fewer rows: float32 rounding apart)."""
+    from transformers import AutoModelForCausalLM
+
+    from rlhf.models.logprobs import completion_tail, left_pad, model_logits
+
+    model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32).eval()
+    ids, mask = pad_rows([[5, 6, 7, 8, 9, 10, 11], [5, 6, 7, 8, 9], [5, 6, 7, 8, 9, 10]], pad=0)
+    completion = torch.zeros_like(mask, dtype=torch.float32)
+    completion[0, 5:7], completion[1, 4:5], completion[2, 3:6] = 1, 1, 1  # earliest: 3
+    keep = completion_tail(completion)
+    assert keep == 7 - 2  # positions 2..6: position 2 predicts token 3
+    with torch.no_grad():
+        tail = model_logits(model, ids, mask, keep)
+        assert tail.shape[1] == keep
+        got = left_pad(token_logprobs(tail, ids[:, 7 - keep :]), 7)
+        want = model_token_logprobs(model, ids, mask)
+    torch.testing.assert_close(got * completion, want * completion, atol=1e-5, rtol=0)
+    assert (got[:, :3] == 0).all()  # no prediction is made for the prompts
+    assert completion_tail(torch.zeros(2, 4)) == 1  # a filler micro-batch

@@ -39,15 +39,38 @@ def position_ids_of(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def model_logits(
-    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    logits_to_keep: int | None = None,
 ) -> torch.Tensor:
+    """[B, T, V] logits; with `logits_to_keep=K`, those of the last K positions only,
+    [B, K, V] (the output layer is not run on the rest)."""
+    extra = {} if logits_to_keep is None else {"logits_to_keep": logits_to_keep}
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids_of(attention_mask),
         use_cache=False,
+        **extra,
     )
     return out.logits
+
+
+def completion_tail(completion_mask: torch.Tensor) -> int:
+    """How many trailing positions' logits predict every completion token of a micro-batch:
+    from the one before its earliest completion token to the end. With long prompts most of
+    the [B, T, V] logits (and the output layer's work) are the prompts', which no loss uses."""
+    width = completion_mask.shape[1]
+    columns = torch.nonzero(completion_mask.sum(0) > 0)
+    if columns.numel() == 0:  # a filler micro-batch: one position keeps the graph
+        return 1
+    return width - max(int(columns[0, 0]) - 1, 0)
+
+
+def left_pad(values: torch.Tensor, width: int) -> torch.Tensor:
+    """[B, K] per-position values of the last K positions -> [B, width], zeros before."""
+    return torch.nn.functional.pad(values, (width - values.shape[1], 0), value=0.0)
 
 
 def model_token_logprobs(

@@ -10,7 +10,13 @@ from rlhf.algorithms.base import ForwardOutput
 from rlhf.learner import export
 from rlhf.learner.train_step import Tensors
 from rlhf.models.loading import load_policy
-from rlhf.models.logprobs import model_logits, token_entropy, token_logprobs
+from rlhf.models.logprobs import (
+    completion_tail,
+    left_pad,
+    model_logits,
+    token_entropy,
+    token_logprobs,
+)
 from rlhf.sync.buckets import ParamSpec
 from rlhf.sync.group import SyncEndpoint, WeightSyncGroup, host_store
 from rlhf.workers.deepspeed_worker import DeepSpeedWorker
@@ -32,15 +38,18 @@ class LearnerWorker(DeepSpeedWorker):
     def forward(self, model, mb: Tensors) -> ForwardOutput:
         """Log-probs at the sampling temperature, and the entropy of each prediction (with
         gradient only when the loss has an entropy bonus; otherwise a diagnostic)."""
-        t = self.cfg.rollout.temperature
-        logits = model_logits(model, mb["input_ids"], mb["attention_mask"])
-        logprobs = token_logprobs(logits, mb["input_ids"], t)
+        t, ids = self.cfg.rollout.temperature, mb["input_ids"]
+        width = ids.shape[1]
+        # the prompts' logits are never used (without a completion mask: every position)
+        keep = completion_tail(mb["completion_mask"]) if "completion_mask" in mb else width
+        logits = model_logits(model, ids, mb["attention_mask"], keep)
+        logprobs = left_pad(token_logprobs(logits, ids[:, width - keep :], t), width)
         if self.algorithm.entropy_grad:
             entropy = token_entropy(logits, t)
         else:
             with torch.no_grad():
                 entropy = token_entropy(logits.detach(), t)
-        return ForwardOutput(logprobs=logprobs, entropy=entropy)
+        return ForwardOutput(logprobs=logprobs, entropy=left_pad(entropy, width))
 
     def loss(self, out: ForwardOutput, mb: Tensors):
         return self.algorithm.loss(out, mb)
