@@ -7,7 +7,8 @@ concatenating, padding, sharding and the learner's tensor conversion all follow 
 declarations, so a new column (values, a preference probability, ...) is one `declare` call.
 
 Rows belong to **units** (`TrainBatch.units`): a prompt's group of samples, a preference pair.
-A unit is never split: it stays on one rank and in one micro-batch.
+A unit is never split: it stays on one rank and in one micro-batch. Micro-batches hold at most
+a number of rows and, optionally, a number of token slots (rows x the longest row).
 """
 
 from __future__ import annotations
@@ -280,7 +281,7 @@ def pack_micro_batches(
 
 def longest_first(units: list[int], widths: list[int]) -> list[int]:
     """Units by decreasing length: neighbours in a micro-batch have similar lengths (less
-    padding), and the costliest micro-batch runs first (memory runs out at once, if at all).
+    padding), and the widest micro-batch runs first (memory runs out at once, if at all).
     Within a step this only reorders the sum of the accumulated gradients."""
     return sorted(units, key=lambda u: (-widths[u], u))
 

@@ -94,8 +94,8 @@ def with_rewards(out: TrainBatch) -> TrainBatch:
     """Rewards 0/1 (the first group surely has a signal, one sample dropped: zero weight) and
     GRPO's advantages and loss weights."""
     rewards = np.random.default_rng(0).integers(0, 2, size=len(out)).astype(np.float32)
-    rewards[:2] = [1, 0]
-    rewards[2] = np.nan
+    rewards[:2] = [1, 0]  # the first group surely has a signal
+    rewards[2] = np.nan  # a dropped sample: zero weight
     out["rewards"] = rewards
     cfg = make_cfg(2)
     make_algorithm(cfg.algorithm, cfg.rollout.max_new_tokens).prepare(out)
@@ -267,7 +267,8 @@ def assert_budget_plan_is_varied(batch: TrainBatch) -> None:
         steps = [step for s in shards for step in s.steps]
         assert any(len(set(step)) > 1 for step in steps), steps  # different row counts
         assert all(len(step) > 1 for step in steps), steps  # several micro-batches a step
-    assert any((s.rows < 0).any() for s in shards)  # a filler micro-batch
+    pair = shards_for(batch, 2, TOKEN_BUDGET)
+    assert any((s.rows < 0).any() for s in pair)  # a filler micro-batch on 2 ranks
     widths = [int(batch.lengths()[batch.units == u].max()) for u in np.unique(batch.units)]
     assert max(widths) * LONG_SAMPLES > TOKEN_BUDGET  # a unit over the budget
     assert max(widths) > 2.5 * min(widths)
