@@ -7,7 +7,8 @@ concatenating, padding, sharding and the learner's tensor conversion all follow 
 declarations, so a new column (values, a preference probability, ...) is one `declare` call.
 
 Rows belong to **units** (`TrainBatch.units`): a prompt's group of samples, a preference pair.
-A unit is never split: it stays on one rank and in one micro-batch.
+A unit is never split: it stays on one rank and in one micro-batch. Micro-batches hold at most
+a number of rows and, optionally, a number of token slots (rows x the longest row).
 """
 
 from __future__ import annotations
@@ -147,10 +148,12 @@ class TrainBatch:
         return TrainBatch({k: self.columns[k] for k in names}, self.units, self.policy_version)
 
     def filler(self, n: int) -> TrainBatch:
-        """n rows that add nothing: model inputs copied from row 0, every other column zero."""
+        """n rows that add nothing: model inputs copied from the shortest row (a filler
+        micro-batch then costs the least compute), every other column zero."""
+        source = int(np.argmin(self.lengths())) if len(self) else 0
         cols = {}
         for name, v in self.columns.items():
-            copy = v[[0] * n]
+            copy = v[[source] * n]
             cols[name] = copy if COLUMNS[name].filler == "copy" else np.zeros_like(copy)
         return TrainBatch(cols, -np.arange(1, n + 1), self.policy_version)
 
@@ -176,6 +179,10 @@ class TrainBatch:
     def unit_rows(self) -> list[np.ndarray]:
         """Row indices of each unit, units in order of first appearance."""
         return unit_groups(self.units)
+
+    def lengths(self) -> np.ndarray:
+        """[B] tokens of each row (right padding: a row's real tokens come first)."""
+        return self.columns[ATTENTION_MASK.name].sum(axis=1)
 
 
 # ---------------------------------------------------------------- splitting work over actors
@@ -240,18 +247,65 @@ def _balanced_cuts(sizes: list[int], parts: int) -> list[list[int]]:
     return [list(range(cuts[i], cuts[i + 1])) for i in range(parts)]
 
 
-def _pack(units: list[int], sizes: list[int], limit: int) -> list[list[int]]:
-    """Consecutive units into micro-batches of at most `limit` rows (a bigger unit alone)."""
+def trimmed_width(lengths) -> int:
+    """Columns a micro-batch computes: its longest row (`take_rows` trims the right padding
+    past it); at least one."""
+    return max(int(lengths.max()), 1) if len(lengths) else 1
+
+
+def pack_micro_batches(
+    order: list[int],
+    sizes: list[int],
+    widths: list[int],
+    max_rows: int,
+    max_tokens: int | None = None,
+) -> list[list[int]]:
+    """Consecutive units of `order` into micro-batches of at most `max_rows` rows and, with a
+    token budget, at most `max_tokens` token slots (rows x the longest row: what a trimmed
+    micro-batch computes). A unit over either limit is a micro-batch of its own."""
     out: list[list[int]] = []
-    rows = 0
-    for u in units:
-        if out and rows + sizes[u] <= limit:
+    rows = width = 0
+    for u in order:
+        grown_rows, grown_width = rows + sizes[u], max(width, widths[u])
+        fits = grown_rows <= max_rows and (
+            max_tokens is None or grown_rows * grown_width <= max_tokens
+        )
+        if out and fits:
             out[-1].append(u)
-            rows += sizes[u]
+            rows, width = grown_rows, grown_width
         else:
             out.append([u])
-            rows = sizes[u]
+            rows, width = sizes[u], widths[u]
     return out
+
+
+def longest_first(units: list[int], widths: list[int]) -> list[int]:
+    """Units by decreasing length: neighbours in a micro-batch have similar lengths (less
+    padding), and the widest micro-batch runs first (memory runs out at once, if at all).
+    Within a step this only reorders the sum of the accumulated gradients."""
+    return sorted(units, key=lambda u: (-widths[u], u))
+
+
+def row_micro_batches(
+    lengths: np.ndarray, max_rows: int, max_tokens: int | None = None
+) -> list[np.ndarray]:
+    """Row indices of micro-batches over independent rows (a no-grad pass that may split
+    units, e.g. the reference's), longest rows first, within both limits."""
+    widths = [max(int(n), 1) for n in lengths]
+    order = longest_first(list(range(len(widths))), widths)
+    packed = pack_micro_batches(order, [1] * len(widths), widths, max_rows, max_tokens)
+    return [np.asarray(mb, dtype=np.int64) for mb in packed]
+
+
+def _spread_over_ranks(units: list[int], cost: list[int], world_size: int) -> list[list[int]]:
+    """Units to ranks, costliest first, each to the rank with the least cost so far."""
+    load = [0] * world_size
+    owned: list[list[int]] = [[] for _ in range(world_size)]
+    for u in sorted(units, key=lambda u: (-cost[u], u)):
+        r = int(np.argmin(load))
+        owned[r].append(u)
+        load[r] += cost[u]
+    return owned
 
 
 def plan_shards(
@@ -260,16 +314,23 @@ def plan_shards(
     mini_batches: int = 1,
     micro_batch_size: int = 64,
     epochs: int = 1,
+    max_tokens_per_micro_batch: int | None = None,
 ) -> list[Shard]:
     """Cut a batch into one `Shard` per rank: whole units, `mini_batches` optimizer steps of
-    near-equal rows, units spread over ranks by rows, micro-batches of at most
-    `micro_batch_size` rows (a unit larger than that is a micro-batch of its own).
+    near-equal rows, units spread over ranks (by rows; with a token budget by token slots),
+    micro-batches of at most `micro_batch_size` rows and `max_tokens_per_micro_batch` token
+    slots (rows x longest row), longest units first; a unit over a limit is a micro-batch of
+    its own.
 
     Loss-weight columns are rescaled per step so each step's weights sum to the batch's
     total: every optimizer step then sees a full-scale loss, whatever its share of rows.
     """
     groups = batch.unit_rows()
     sizes = [len(g) for g in groups]
+    lengths = batch.lengths()
+    widths = [trimmed_width(lengths[g]) for g in groups]
+    budget = max_tokens_per_micro_batch
+    cost = sizes if budget is None else [n * w for n, w in zip(sizes, widths, strict=True)]
     weight_cols = [n for n in batch.columns if COLUMNS[n].loss_weight]
     scaled = batch.select(np.arange(len(batch)))  # a copy: weights are rescaled in place
     # per rank: the row indices of every micro-batch of every step
@@ -282,14 +343,12 @@ def plan_shards(
             total, here = float(batch[name].sum()), float(batch[name][rows_of_step].sum())
             if here > 0:
                 scaled.columns[name][rows_of_step] *= total / here
-        # spread units over ranks: largest first, to the rank with fewest rows
-        load = [0] * world_size
-        owned: list[list[int]] = [[] for _ in range(world_size)]
-        for u in sorted(step_units, key=lambda u: (-sizes[u], u)):
-            r = int(np.argmin(load))
-            owned[r].append(u)
-            load[r] += sizes[u]
-        packed = [_pack(sorted(units), sizes, micro_batch_size) for units in owned]
+        packed = [
+            pack_micro_batches(
+                longest_first(owned, widths), sizes, widths, micro_batch_size, budget
+            )
+            for owned in _spread_over_ranks(step_units, cost, world_size)
+        ]
         count = max(len(p) for p in packed)
         for r in range(world_size):
             micro = [np.concatenate([groups[u] for u in mb]) for mb in packed[r]]
@@ -321,6 +380,21 @@ def plan_shards(
         steps = [[len(mb) for mb in step] for step in plan[r]]
         shards.append(Shard(shard_batch, order if len(order) else np.array([-1]), steps, epochs))
     return shards
+
+
+def padding_fraction(shards: list[Shard]) -> float:
+    """The share of the token slots the planned micro-batches compute (rows x longest row
+    each) that hold no real token: right padding, and filler rows (whose copied tokens are
+    computed for nothing)."""
+    slots = real = 0
+    for shard in shards:
+        lengths = shard.batch.lengths()
+        useful = np.where(shard.rows >= 0, lengths, 0)
+        for step in shard.micro_batches():
+            for rows in step:
+                slots += (rows.stop - rows.start) * trimmed_width(lengths[rows])
+                real += int(useful[rows].sum())
+    return 1.0 - real / slots if slots else 0.0
 
 
 def scatter_rows(

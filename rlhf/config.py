@@ -300,6 +300,15 @@ class LearnerConfig(Section):
         description="rows per forward/backward (256: fastest measured on the embedded default, "
         "benchmarks/results/speed_modes.md)",
     )
+    max_tokens_per_micro_batch: int | None = Field(
+        16384,
+        gt=0,
+        description="token slots per forward/backward: a micro-batch's rows x its longest row "
+        "(right padding past it is not computed); units stay whole, so a unit over the budget "
+        "is a micro-batch of its own; micro_batch_size still caps the rows. 16384 (veRL's "
+        "default per GPU) leaves short rows to micro_batch_size and keeps long rows (hundreds "
+        "to thousands of tokens) from running out of memory; None: rows alone",
+    )
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     gradient_checkpointing: bool = False
     dtype: DtypeChoice | None = Field(
@@ -310,7 +319,9 @@ class LearnerConfig(Section):
 
 
 class ReferenceConfig(Section):
-    """The reference pool (frozen initial policy; placed by topology.reference)."""
+    """The reference pool (frozen initial policy; placed by topology.reference). Its
+    forward passes use the learner's limits, learner.micro_batch_size and
+    learner.max_tokens_per_micro_batch (rows longest first; a unit may be split there)."""
 
     dtype: DtypeChoice | None = _pool_dtype()
 
@@ -355,6 +366,12 @@ class RewardModelTrainingConfig(LearnerConfig):
     steps: int = Field(4000, gt=0, description="optimizer steps")
     batch_size: int = Field(64, gt=0, description="pairs per optimizer step")
     micro_batch_size: int = Field(64, gt=0, description="pairs per forward/backward")
+    max_tokens_per_micro_batch: int | None = Field(
+        None,
+        gt=0,
+        description="token slots per forward/backward: 2 x pairs x the longest row (a pair "
+        "over the budget is a micro-batch of its own); None: micro_batch_size alone",
+    )
     lr: float = Field(3e-4, gt=0)
     warmup_iterations: int = Field(20, ge=0, description="linear lr warm-up, in steps")
     held_out_fraction: float = Field(

@@ -29,7 +29,7 @@ import numpy as np
 
 from rlhf.algorithms import make_algorithm
 from rlhf.algorithms.base import STAGE_COLUMNS
-from rlhf.batch import TrainBatch, collate_rollouts, plan_shards
+from rlhf.batch import Shard, TrainBatch, collate_rollouts, padding_fraction, plan_shards
 from rlhf.checkpoint import (
     RunState,
     checkpoint_dir,
@@ -38,7 +38,7 @@ from rlhf.checkpoint import (
     publish,
     truncate_lines,
 )
-from rlhf.config import Config, dump_config
+from rlhf.config import Config, LearnerConfig, dump_config
 from rlhf.data.chat import prompt_ids
 from rlhf.data.lengths import PromptFit, fit_prompts
 from rlhf.dispatch import Pending, Pool, wait_all
@@ -162,8 +162,8 @@ class Trainer:
             "rewards": lambda: RewardStage(p.reward, t),
             "preferences": lambda: PreferenceStage(p.reward, t, cfg.reward.judge),
             "ref_logprobs": lambda: ReferenceStage(p.reference, t),
-            "old_logprobs": lambda: OldLogprobStage(p.learner, t, cfg.learner.micro_batch_size),
-            "values": lambda: ValueStage(p.critic, t, cfg.critic.micro_batch_size),
+            "old_logprobs": lambda: OldLogprobStage(p.learner, t, *_limits(cfg.learner)),
+            "values": lambda: ValueStage(p.critic, t, *_limits(cfg.critic)),
         }
         return [make[c]() for c in STAGE_COLUMNS if c in columns]
 
@@ -206,15 +206,18 @@ class Trainer:
         skip = float(batch["loss_weights"].sum()) == 0.0
         record["train/skipped"] = float(skip)
         train_policy = not algo.critic_only(it) and not skip
-        trained: list[tuple[Pool, int]] = []
+        learner_plan = self._plan(batch, self.pools.learner, cfg.learner)
+        # what the learner computes (or would, on an iteration it skips) that is padding
+        record["batch/padding_fraction"] = padding_fraction(learner_plan)
+        trained: list[tuple[Pool, list[Shard]]] = []
         if train_policy:
-            trained.append((self.pools.learner, cfg.learner.micro_batch_size))
+            trained.append((self.pools.learner, learner_plan))
         if algo.trains_critic and not skip:
-            trained.append((self.pools.critic, cfg.critic.micro_batch_size))
+            trained.append((self.pools.critic, self._plan(batch, self.pools.critic, cfg.critic)))
         if self._sleeps:  # colocated on GPUs: the engines make room for training
             self.pools.rollout.call_all("sleep").wait(self.timeout)
         for turn in self._turns(trained, lambda p: p[0]):
-            pending = [self._train(pool, batch, mbs) for pool, mbs in turn]
+            pending = [pool.call_each("train_step", [(s,) for s in plan]) for pool, plan in turn]
             for part in self.scheduler.wait(pending, self.timeout, "train_step"):
                 record.update(combine(part))
         if self._sleeps:
@@ -257,11 +260,17 @@ class Trainer:
         with (self.run_dir / "batches.jsonl").open("a") as f:
             f.write(json.dumps(entry) + "\n")
 
-    def _train(self, pool: Pool, batch: TrainBatch, micro_batch_size: int) -> Pending:
-        """Submit one train step to every rank of a DeepSpeed pool, on its planned shard."""
+    def _plan(self, batch: TrainBatch, pool: Pool, settings: LearnerConfig) -> list[Shard]:
+        """One shard per rank of a DeepSpeed pool: its part of this iteration's train step."""
         algo = self.algorithm
-        shards = plan_shards(batch, len(pool), algo.mini_batches, micro_batch_size, algo.epochs)
-        return pool.call_each("train_step", [(s,) for s in shards])
+        return plan_shards(
+            batch,
+            len(pool),
+            algo.mini_batches,
+            settings.micro_batch_size,
+            algo.epochs,
+            settings.max_tokens_per_micro_batch,
+        )
 
     def _prompts(self, num_prompts: int, it: int, round_: int) -> tuple[list[Prompt], int]:
         """Prompts for (iteration, round) and their sampling seed: a pure function of the
@@ -589,6 +598,11 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
+
+
+def _limits(settings: LearnerConfig) -> tuple[int, int | None]:
+    """A DeepSpeed pool's micro-batch limits: rows, and token slots (None: no budget)."""
+    return settings.micro_batch_size, settings.max_tokens_per_micro_batch
 
 
 def _finite_or_none(value: float | None) -> float | None:

@@ -201,14 +201,23 @@ class ForwardStage(Stage):
 
     field: ClassVar[str]
 
-    def __init__(self, pool: Pool, timeout_s: float, micro_batch_size: int) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        timeout_s: float,
+        micro_batch_size: int,
+        max_tokens_per_micro_batch: int | None = None,
+    ) -> None:
         super().__init__(pool, timeout_s)
         self.micro_batch_size = micro_batch_size
+        self.max_tokens = max_tokens_per_micro_batch
         self._shards: list = []
 
     def _submit(self, s: Sampled) -> Pending:
         inputs = s.batch.only([*MODEL_INPUTS, "completion_mask"])
-        self._shards = plan_shards(inputs, len(self.pool), 1, self.micro_batch_size)
+        self._shards = plan_shards(
+            inputs, len(self.pool), 1, self.micro_batch_size, 1, self.max_tokens
+        )
         return self.pool.call_each(
             "forward_pass", [(shard, self.field) for shard in self._shards], what=self.column
         )

@@ -29,19 +29,30 @@ def tiny_model(path: Path, hidden: int, heads: int, kv_heads: int, inter: int) -
 
 
 def sampled_rows(
-    model_path: str, prompts: int, samples: int, temperature: float, seed: int
+    model_path: str,
+    prompts: int,
+    samples: int,
+    temperature: float,
+    seed: int,
+    prompt_lengths: list[int] | None = None,
+    completion_tokens: tuple[int, int] = (1, 7),
 ) -> TrainBatch:
-    """Random prompts and completions of varied lengths, collated; the sampler log-probs are
-    the model's own at `temperature` (as a synced rollout engine would report) and so are
-    the reference's (a fresh reference is the initial policy)."""
+    """Random prompts (of the given lengths; None: 2 to 5 tokens) and completions (of
+    [low, high) tokens), collated; the sampler log-probs are the model's own at `temperature`
+    (as a synced rollout engine would report) and so are the reference's (a fresh reference
+    is the initial policy)."""
     from transformers import AutoModelForCausalLM
 
     rng = np.random.default_rng(seed)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
     vocab = model.config.vocab_size
-    heads = [rng.integers(3, vocab, size=rng.integers(2, 6)).tolist() for _ in range(prompts)]
+    if prompt_lengths is None:
+        prompt_lengths = [int(rng.integers(2, 6)) for _ in range(prompts)]
+    heads = [rng.integers(3, vocab, size=n).tolist() for n in prompt_lengths]
     prompt_ids = [p for p in heads for _ in range(samples)]
-    completions = [rng.integers(3, vocab, size=rng.integers(1, 7)).tolist() for _ in prompt_ids]
+    completions = [
+        rng.integers(3, vocab, size=rng.integers(*completion_tokens)).tolist() for _ in prompt_ids
+    ]
     rows = [p + c for p, c in zip(prompt_ids, completions, strict=True)]
     ids, mask = pad_rows(rows, pad=0)
     with torch.no_grad():

@@ -47,6 +47,10 @@ def test_yaml_then_overrides(tmp_path):
         ("algorithm.lam=0.9", r"algorithm\.lam: unknown field; allowed here: .*scale_rewards"),
         ("algorithm.name=dpo", r"algorithm: .*'dpo'.*'grpo', 'ppo', 'rloo', 'reinforce_pp'"),
         ("learner.micro_batch_size=4", r"learner\.micro_batch_size \(4\) must be >= rollout"),
+        (
+            "critic.max_tokens_per_micro_batch=0",
+            r"critic\.max_tokens_per_micro_batch: .*greater than 0 \(got 0\)",
+        ),
         ("algorithm.beta=0.1 algorithm.kl_estimator=k1", r"algorithm\.kl_estimator: k1 as a loss"),
     ],
 )

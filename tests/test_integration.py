@@ -1,7 +1,8 @@
 """The whole loop on the real stack: Ray actors, vLLM engines, DeepSpeed, gloo weight sync.
 
 2 rollout workers and 2 learner ranks for 3 iterations, in two shapes: PPO under ZeRO-2 (a
-2-rank critic pool, reference, old log-probs and values stages, 2 mini-batches) and GRPO
+2-rank critic pool, reference, old log-probs and values stages, 2 mini-batches, micro-batches
+cut by token budgets) and GRPO
 under ZeRO-3 with DAPO's switches (dynamic sampling with refill, truncation masking, the
 off-policy correction). After the syncs, every rollout engine's greedy output equals
 plain-transformers greedy generation with the learner's current weights.
@@ -37,6 +38,10 @@ SHAPES = {
         "topology.critic.workers=2",
         "topology.critic.num_cpus=0.5",
         "critic.warmup_iterations=0",
+        # token budgets of about one prompt group (4 rows of ~10 tokens) for every
+        # DeepSpeed pass (train, old log-probs, values) and the reference's
+        "learner.max_tokens_per_micro_batch=64",
+        "critic.max_tokens_per_micro_batch=64",
     ],
     "grpo-dapo-zero3": [
         # a reward that differs within most groups even for a barely trained model, so the
@@ -119,6 +124,7 @@ def test_loop_with_two_rollout_workers_and_two_learner_ranks(tmp_path, shape):
         assert trainer.policy_version == sum(trained)
         for r in records:
             assert r["rollout/tokens"] > 0
+            assert 0.0 <= r["batch/padding_fraction"] < 1.0
             if r["train/skipped"]:
                 continue
             for key in ("reward/mean", "loss/total", "kl", "learner/grad_norm", "time/sync"):

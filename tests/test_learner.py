@@ -2,7 +2,9 @@
 
 The core check: one iteration (2 epochs x 2 mini-batches = 4 optimizer steps, several
 micro-batches each) on 2 data-parallel ranks is the same computation as on 1 rank and as plain
-PyTorch (AdamW + clipping + warm-up) on the global loss:
+PyTorch (AdamW + clipping + warm-up) on the global loss, for micro-batches cut by rows and for
+units of very different lengths cut by a token budget (micro-batches of different row counts
+and widths, a unit over the budget alone, filler micro-batches on the rank with less work):
 - the first step's gradient (before the optimizer) agrees tightly: it pins the loss scaling
   and the sharding (Adam alone would hide a constant gradient scale);
 - the weights after the 4 steps agree within what rounding can do through Adam: an element
@@ -32,6 +34,11 @@ TEMPERATURE = 0.7
 EPOCHS, MINI_BATCHES = 2, 2
 PROMPTS, SAMPLES = 4, 4  # 16 rows in 4 units; a mini-batch holds 2 units (8 rows)
 MICRO = 4  # one unit per micro-batch
+# The token-budget case: 8 prompts of 2 to 110 tokens x 2 samples (completions of 1 to 59),
+# rows of 42 to 142 tokens; 250 slots hold 1 or 2 units (the 142-token unit, 284 slots, alone).
+LONG_PROMPT_LENGTHS = [100, 3, 60, 2, 8, 110, 25, 4]
+LONG_SAMPLES = 2
+TOKEN_BUDGET = 250
 
 
 # ---------------------------------------------------------------- plain helpers (no Ray)
@@ -83,14 +90,12 @@ def hf_model(path: str):
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).train()
 
 
-@pytest.fixture(scope="module")
-def batch(model_path) -> TrainBatch:
-    """16 rows with varied lengths and rewards; sampler and reference log-probs are the
-    initial model's own (as a synced rollout engine and a fresh reference would give)."""
-    out = sampled_rows(model_path, PROMPTS, SAMPLES, TEMPERATURE, seed=0)
+def with_rewards(out: TrainBatch) -> TrainBatch:
+    """Rewards 0/1 (the first group surely has a signal, one sample dropped: zero weight) and
+    GRPO's advantages and loss weights."""
     rewards = np.random.default_rng(0).integers(0, 2, size=len(out)).astype(np.float32)
-    rewards[:SAMPLES] = [1, 0, 0, 1]  # the first group surely has a signal
-    rewards[1] = np.nan  # a dropped sample: zero weight
+    rewards[:2] = [1, 0]  # the first group surely has a signal
+    rewards[2] = np.nan  # a dropped sample: zero weight
     out["rewards"] = rewards
     cfg = make_cfg(2)
     make_algorithm(cfg.algorithm, cfg.rollout.max_new_tokens).prepare(out)
@@ -98,8 +103,34 @@ def batch(model_path) -> TrainBatch:
     return out
 
 
-def shards_for(batch: TrainBatch, world: int):
-    return plan_shards(batch, world, MINI_BATCHES, MICRO, EPOCHS)
+@pytest.fixture(scope="module")
+def batch(model_path) -> TrainBatch:
+    """16 rows with varied lengths and rewards; sampler and reference log-probs are the
+    initial model's own (as a synced rollout engine and a fresh reference would give)."""
+    return with_rewards(sampled_rows(model_path, PROMPTS, SAMPLES, TEMPERATURE, seed=0))
+
+
+@pytest.fixture(scope="module")
+def long_batch(model_path) -> TrainBatch:
+    """16 rows in 8 units whose lengths differ by up to 3x (see LONG_PROMPT_LENGTHS)."""
+    out = sampled_rows(
+        model_path,
+        len(LONG_PROMPT_LENGTHS),
+        LONG_SAMPLES,
+        TEMPERATURE,
+        seed=1,
+        prompt_lengths=LONG_PROMPT_LENGTHS,
+        completion_tokens=(1, 60),
+    )
+    return with_rewards(out)
+
+
+def shards_for(batch: TrainBatch, world: int, budget: int | None = None):
+    """The iteration's plan: one unit per micro-batch (MICRO rows), or micro-batches of at
+    most `budget` token slots (the row limit then out of the way)."""
+    if budget is None:
+        return plan_shards(batch, world, MINI_BATCHES, MICRO, EPOCHS)
+    return plan_shards(batch, world, MINI_BATCHES, len(batch), EPOCHS, budget)
 
 
 # ---------------------------------------------------------------- Ray actors
@@ -174,8 +205,10 @@ def call_all(actors: list, method: str, *args_per_rank) -> list:
 
 # ---------------------------------------------------------------- plain PyTorch reference
 def reference_iteration(model_path: str, batch: TrainBatch, cfg: Config):
-    """The learner's iteration written directly: mini-batch k holds units 2k and 2k+1 (rows
-    8k..8k+7), its loss weights scaled so each step sees the whole batch's total weight."""
+    """The learner's iteration written directly, one forward per optimizer step over every
+    row of its mini-batch, padded to the batch's width: mini-batch k holds the k-th half of
+    the rows (whole units of equal size), its loss weights scaled so each step sees the whole
+    batch's total weight."""
     model = hf_model(model_path)
     algo = make_algorithm(cfg.algorithm, cfg.rollout.max_new_tokens)
     lc = cfg.learner
@@ -227,9 +260,28 @@ def assert_close_weights(got: dict, want: dict, first_grads: dict, lrs: list[flo
 
 
 # ---------------------------------------------------------------- the tests
+def assert_budget_plan_is_varied(batch: TrainBatch) -> None:
+    """What the token-budget case is meant to exercise, so it cannot pass vacuously."""
+    for world in (1, 2):
+        shards = shards_for(batch, world, TOKEN_BUDGET)
+        steps = [step for s in shards for step in s.steps]
+        assert any(len(set(step)) > 1 for step in steps), steps  # different row counts
+        assert all(len(step) > 1 for step in steps), steps  # several micro-batches a step
+    pair = shards_for(batch, 2, TOKEN_BUDGET)
+    assert any((s.rows < 0).any() for s in pair)  # a filler micro-batch on 2 ranks
+    widths = [int(batch.lengths()[batch.units == u].max()) for u in np.unique(batch.units)]
+    assert max(widths) * LONG_SAMPLES > TOKEN_BUDGET  # a unit over the budget
+    assert max(widths) > 2.5 * min(widths)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", [2, 3])
-def test_two_ranks_match_one_rank_and_plain_torch(stage, learners, model_path, batch):
+@pytest.mark.parametrize(
+    "stage, budget", [(2, None), (3, None), (3, TOKEN_BUDGET)], ids=["2", "3", "3-token-budget"]
+)
+def test_two_ranks_match_one_rank_and_plain_torch(stage, budget, learners, model_path, request):
+    batch = request.getfixturevalue("batch" if budget is None else "long_batch")
+    if budget is not None:
+        assert_budget_plan_is_varied(batch)
     single_key, pair_key = (stage, 1), (stage, 2)
     learners.start(single_key, pair_key)
     single, pair = learners.get(*single_key), learners.get(*pair_key)
@@ -237,7 +289,8 @@ def test_two_ranks_match_one_rank_and_plain_torch(stage, learners, model_path, b
 
     # The old-log-prob stage: a no-grad pass over planned shards gives the policy's own
     # log-probs (the batch's sampler log-probs were computed from the same weights).
-    plain = plan_shards(batch.only(["input_ids", "attention_mask"]), 2, 1, MICRO)
+    inputs = batch.only(["input_ids", "attention_mask"])
+    plain = plan_shards(inputs, 2, 1, MICRO if budget is None else len(batch), 1, budget)
     old = call_all(pair, "forward_pass", plain, "logprobs")
     for shard, part in zip(plain, old, strict=True):
         real = shard.rows >= 0
@@ -247,9 +300,10 @@ def test_two_ranks_match_one_rank_and_plain_torch(stage, learners, model_path, b
     batch["old_logprobs"] = batch["sampler_logprobs"]
 
     t0 = time.perf_counter()
-    m_single, g_single = call_all(single, "train_step_capturing_gradients", shards_for(batch, 1))[0]
+    one_rank = shards_for(batch, 1, budget)
+    m_single, g_single = call_all(single, "train_step_capturing_gradients", one_rank)[0]
     t1 = time.perf_counter()
-    pair_out = call_all(pair, "train_step_capturing_gradients", shards_for(batch, 2))
+    pair_out = call_all(pair, "train_step_capturing_gradients", shards_for(batch, 2, budget))
     t2 = time.perf_counter()
     print(
         f"\nZeRO-{stage}: init 1 rank {learners.init_seconds[single_key]:.1f}s, "
@@ -281,6 +335,8 @@ def test_two_ranks_match_one_rank_and_plain_torch(stage, learners, model_path, b
 
     learners.release(*single_key)
     if stage != 3:  # the ZeRO-3 pair serves the tests below
+        learners.release(*pair_key)
+    elif budget is None:  # the token-budget case starts its own fresh pair
         learners.release(*pair_key)
 
 

@@ -47,13 +47,21 @@ def test_padding_does_not_change_logprobs(tiny):
     torch.testing.assert_close(both[1, :3], alone[0], atol=1e-5, rtol=1e-5)
 
 
-def test_reference_worker_returns_completion_logprobs(tiny):
+@pytest.mark.parametrize(
+    "limit",
+    [
+        # micro-batches of 2 rows: the 3 rows below take two, the second narrower
+        "learner.micro_batch_size=2",
+        # 8 token slots: rows of 5, 4 and 2 tokens go as [5] and [4, 2] (2 x 4 slots)
+        "learner.max_tokens_per_micro_batch=8",
+    ],
+)
+def test_reference_worker_returns_completion_logprobs(tiny, limit):
     from transformers import AutoModelForCausalLM
 
     from rlhf.workers.reference import ReferenceWorker
 
-    # micro-batches of 2 rows: the 3 rows below take two, the second narrower than the first
-    cfg = load_config(None, ["learner.micro_batch_size=2", "rollout.samples_per_prompt=2"])
+    cfg = load_config(None, [limit, "rollout.samples_per_prompt=2"])
     worker = ReferenceWorker(cfg, 0, tiny)
     rows = [[5, 6, 10, 11, 2], [7, 8, 9, 12], [5, 7]]
     ids, mask = pad_rows(rows, pad=0)

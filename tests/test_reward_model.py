@@ -36,6 +36,7 @@ from rlhf.rewards.pairs import (
 )
 from rlhf.rewards.reward_model import RewardModelScorer
 from rlhf.rewards.scoring import NamedReward, score_batch
+from rlhf.rewards.train_rm import pair_micro_batches
 from tests.rows import tiny_model
 
 
@@ -64,6 +65,16 @@ def test_pair_accuracy_counts_strict_wins_only():
 
 
 # ---------------------------------------------------------------- pairs
+def test_pair_micro_batches_keep_pairs_whole_within_both_limits():
+    chosen = [[1] * 5, [1] * 2, [1] * 9, [1] * 3]
+    rejected = [[1] * 4, [1] * 6, [1] * 1, [1] * 3]  # pairs of 5, 6, 9 and 3 tokens
+    # 24 slots, 2 rows a pair: [9] (18), [6, 5] (4 x 6 = 24), [3]; longest first
+    assert pair_micro_batches([3, 0, 2, 1], chosen, rejected, 64, 24) == [[2], [1, 0], [3]]
+    # the pair limit alone; a pair over the budget goes alone
+    assert pair_micro_batches([3, 0, 2, 1], chosen, rejected, 1, None) == [[2], [1], [0], [3]]
+    assert pair_micro_batches([2, 3], chosen, rejected, 64, 10) == [[2], [3]]
+
+
 def test_wrong_answers_are_wrong_distinct_and_of_every_kind():
     rng = np.random.default_rng(0)
     kinds_seen = set()

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from rlhf.algorithms.base import ForwardOutput
-from rlhf.batch import COLUMNS, Shard, TrainBatch
+from rlhf.batch import COLUMNS, Shard, TrainBatch, trimmed_width
 from rlhf.metrics import average_steps
 
 Tensors = dict[str, torch.Tensor]
@@ -48,8 +48,7 @@ def to_tensors(batch: TrainBatch, device: torch.device | str) -> Tensors:
 def take_rows(tensors: Tensors, rows: slice) -> Tensors:
     """Rows of every column; token columns trimmed to the micro-batch's longest row
     (right padding past it carries zero weight; dropping it saves compute)."""
-    mask = tensors["attention_mask"][rows]
-    width = max(int(mask.sum(-1).max().item()), 1) if mask.shape[0] else 1
+    width = trimmed_width(tensors["attention_mask"][rows].sum(-1))
     return {
         k: v[rows, :width] if COLUMNS[k].role == "token" else v[rows] for k, v in tensors.items()
     }

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlhf.batch import longest_first, pack_micro_batches
 from rlhf.config import Config, ConfigError, RewardModelTrainingConfig, dump_config
 from rlhf.learner.deepspeed_setup import single_rank_engine
 from rlhf.models.dtypes import pool_dtype
@@ -96,6 +97,21 @@ def batches(n: int, size: int, steps: int, seed: int) -> Iterator[list[int]]:
         yield batch
 
 
+def pair_micro_batches(
+    take: list[int],
+    chosen: list[list[int]],
+    rejected: list[list[int]],
+    max_pairs: int,
+    max_tokens: int | None,
+) -> list[list[int]]:
+    """The step's pairs in micro-batches of at most `max_pairs` pairs and `max_tokens` token
+    slots (both rows of every pair, padded to the longest), longest pairs first."""
+    widths = [max(len(chosen[j]), len(rejected[j]), 1) for j in take]
+    order = longest_first(list(range(len(take))), widths)
+    packed = pack_micro_batches(order, [2] * len(take), widths, 2 * max_pairs, max_tokens)
+    return [[take[i] for i in mb] for mb in packed]
+
+
 def fit(
     engine,
     chosen: list[list[int]],
@@ -105,13 +121,14 @@ def fit(
     log_every: int = 0,
 ) -> list[dict[str, float]]:
     """`s.steps` optimizer steps of `s.batch_size` pairs, each accumulated over micro-batches
-    of `s.micro_batch_size` pairs (chosen and rejected rows in one forward). Returns one
+    (`pair_micro_batches`; chosen and rejected rows in one forward). Returns one
     record per step: loss, accuracy on the step's pairs, lr."""
     history: list[dict[str, float]] = []
     for step, take in enumerate(batches(len(chosen), s.batch_size, s.steps, s.seed)):
         record = {"lr": float(engine.get_lr()[0]), "loss": 0.0, "accuracy": 0.0}
-        mb = s.micro_batch_size
-        parts = [take[i : i + mb] for i in range(0, len(take), mb)]
+        parts = pair_micro_batches(
+            take, chosen, rejected, s.micro_batch_size, s.max_tokens_per_micro_batch
+        )
         for i, part in enumerate(parts):
             engine.set_gradient_accumulation_boundary(i == len(parts) - 1)
             ids, mask = pad_rows([chosen[j] for j in part] + [rejected[j] for j in part], pad)

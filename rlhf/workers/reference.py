@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rlhf.batch import TrainBatch
+from rlhf.batch import TrainBatch, row_micro_batches, trimmed_width
 from rlhf.config import Config
 from rlhf.models.dtypes import pool_dtype
 from rlhf.models.logprobs import model_token_logprobs
@@ -18,7 +18,9 @@ class ReferenceWorker(WorkerIdentity):
 
         setup_worker_process("reference", cfg.topology, cfg.run.seed)
         self.name = f"reference-{index}"
+        # the learner's limits (the reference section has none of its own)
         self.micro_batch_size = cfg.learner.micro_batch_size
+        self.max_tokens = cfg.learner.max_tokens_per_micro_batch
         self.temperature = cfg.rollout.temperature
         self.device = (
             "cuda" if cfg.topology.reference.num_gpus > 0 and torch.cuda.is_available() else "cpu"
@@ -37,14 +39,12 @@ class ReferenceWorker(WorkerIdentity):
         ids = torch.from_numpy(np.require(batch["input_ids"], requirements=["W"]))
         mask = torch.from_numpy(np.require(batch["attention_mask"], requirements=["W"]))
         out = np.zeros(ids.shape, dtype=np.float32)
-        for start in range(0, len(batch), self.micro_batch_size):
-            rows = slice(start, start + self.micro_batch_size)
-            width = max(int(mask[rows].sum(-1).max()), 1)
+        lengths = batch.lengths()
+        for rows in row_micro_batches(lengths, self.micro_batch_size, self.max_tokens):
+            width = trimmed_width(lengths[rows])
+            sub_ids, sub_mask = ids[rows, :width], mask[rows, :width]
             lp = model_token_logprobs(
-                self.model,
-                ids[rows, :width].to(self.device),
-                mask[rows, :width].to(self.device),
-                self.temperature,
+                self.model, sub_ids.to(self.device), sub_mask.to(self.device), self.temperature
             )
-            out[rows, :width] = (lp.float().cpu() * mask[rows, :width]).numpy()
+            out[rows, :width] = (lp.float().cpu() * sub_mask).numpy()
         return out
