@@ -49,7 +49,8 @@ OVERRIDES = [
 
 # Bookkeeping that legitimately differs between the two runs: times, and which worker took
 # which call (the batch and its numbers are the same).
-UNCOMPARED = ("time/", "worker/")
+# Times, and each process's memory (the allocator's history: a resumed process is a new one).
+UNCOMPARED = ("time/", "worker/", "memory/")
 
 
 def compared_keys(record: dict) -> set[str]:
