@@ -12,6 +12,8 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from rlhf.config import ConfigError, TaskConfig
+from rlhf.data.word_problems import generate as generate_word_problems
+from rlhf.models.tiny import render_chat
 from rlhf.types import Prompt
 
 
@@ -20,6 +22,9 @@ class Task(ABC):
     default_reward: str  # a key of rlhf.rewards.builtin.BUILTIN_REWARDS
     train_prompts: list[Prompt]
     eval_prompts: list[Prompt]
+    # The warm start's loss weight on prompt tokens (completion tokens weigh 1): 0 trains on
+    # answers only; above 0 it also models the prompt, as pretraining would.
+    warm_start_prompt_weight: float = 0.0
 
     @property
     @abstractmethod
@@ -30,9 +35,10 @@ class Task(ABC):
     def target(self, prompt: Prompt) -> str:
         """The reference completion (without EOS), for the supervised warm start."""
 
-    def supervised_examples(self) -> list[tuple[str, str]]:
-        """(prompt, completion) pairs on the training prompts; the trainer appends EOS."""
-        return [(p.text, self.target(p)) for p in self.train_prompts]
+    def supervised_examples(self) -> list[tuple[Prompt, str]]:
+        """(prompt, completion) pairs on the training prompts; the trainer tokenizes the
+        prompt as a run does (`rlhf.data.chat.prompt_ids`) and appends EOS."""
+        return [(p, self.target(p)) for p in self.train_prompts]
 
     def corpus(self) -> list[str]:
         """Text the default tokenizer is trained on: every prompt with its answer."""
@@ -103,7 +109,55 @@ class AdditionTask(Task):
         return str(prompt.columns["answer"])
 
 
-TASKS: dict[str, type[Task]] = {AdditionTask.name: AdditionTask}
+class WordProblemsTask(Task):
+    """Multi-step arithmetic word problems as chat prompts, GSM8K's shape
+    (`rlhf.data.word_problems`): the `answer` column is the worked solution ending
+    '#### <number>', scored by `final_number`.
+
+    The first `max_eval` distinct problems of the seed's stream are held out and the next
+    `num_prompts` are the training prompts (problems are distinct by question, so the two never
+    overlap).
+    """
+
+    name = "word_problems"
+    default_reward = "final_number"
+    max_eval = 512
+    corpus_problems = 4096
+    # Whole conversations: the answers alone are a third of the tokens a step computes on,
+    # and modelling the prompt too (its names and things recur) taught copying from it sooner.
+    warm_start_prompt_weight = 1.0
+
+    def __init__(self, cfg: TaskConfig) -> None:
+        problems = generate_word_problems(self.max_eval + cfg.num_prompts, cfg.seed)
+        prompts = [
+            Prompt(text=p.question, columns={"answer": p.solution}, messages=p.messages())
+            for p in problems
+        ]
+        self.eval_prompts = prompts[: self.max_eval]
+        self.train_prompts = prompts[self.max_eval :]
+
+    @property
+    def max_new_tokens(self) -> int:
+        return 256  # the design's longest answer, EOS included (measured: about 150)
+
+    def target(self, prompt: Prompt) -> str:
+        return str(prompt.columns["answer"])
+
+    def corpus(self) -> list[str]:
+        """Prompts as the chat template renders them, and answers, as separate texts (a run
+        tokenizes them separately: the prompt ends at 'assistant: '), of the held-out problems
+        and the first training ones: the templates' words are all there well before
+        `corpus_problems`, and training the tokenizer on 20k problems took a minute."""
+        out = []
+        for p in (self.eval_prompts + self.train_prompts)[: self.corpus_problems]:
+            out += [render_chat(p.messages or []), self.target(p)]
+        return out
+
+
+TASKS: dict[str, type[Task]] = {
+    AdditionTask.name: AdditionTask,
+    WordProblemsTask.name: WordProblemsTask,
+}
 
 
 def make_task(cfg: TaskConfig) -> Task:
