@@ -121,7 +121,7 @@ def test_worked_answers_compute_each_step_and_end_with_the_answer(task):
             a, b, c = int(a), int(b), int(c)
             assert {"+": a + b, "-": a - b, "*": a * b, "/": a // b}[op] == c, solution
             assert op != "/" or a % b == 0  # divisions are exact
-            assert max(a, b, c) < 400
+            assert max(a, b, c) < 100
         assert int(found[-1][3]) == answer  # the last computation gives the answer
         # each step's new number is read from the prompt (or is the step before's result,
         # or "twice"/"three times" in words), so solving means reading the whole prompt
@@ -134,6 +134,25 @@ def test_worked_answers_compute_each_step_and_end_with_the_answer(task):
     assert min(steps) == 2 and max(steps) >= 5  # 2 to 4 operations, packs take two lines
     ops = {op for p in task.eval_prompts for _, op, _, _ in COMPUTATION.findall(task.target(p))}
     assert ops == {"+", "-", "*", "/"}
+
+
+def test_the_warm_start_also_practises_the_solutions_arithmetic(task):
+    examples = task.supervised_examples()
+    problems = [(p, c) for p, c in examples if p.messages is not None]
+    practice = [c for p, c in examples if p.messages is None]
+    assert [p for p, _ in problems] == task.train_prompts
+    assert len(practice) == len(task.train_prompts) // 2
+    solutions = "\n".join(c for _, c in problems)
+    for row in practice[:50]:
+        lines = row.split("\n")
+        assert len(lines) == task.practice_row
+        for line in lines:
+            a, op, b, _, c = line.removeprefix("so ").split(" ")
+            assert {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}.get(
+                op, int(a) // int(b)
+            ) == int(c)
+            assert f" {line.removeprefix('so ')} " in solutions  # as a solution writes it
+    assert examples == task.supervised_examples()  # seeded
 
 
 def test_final_number_scores_the_reference_one_and_a_wrong_number_zero(task):

@@ -10,17 +10,25 @@ Why it is built this way:
 - A problem is a story about one person and one kind of thing, changed by 2 to 4 operations
   (buying packs of them, getting more, giving some away, losing some, multiplying them, and
   at the end perhaps sharing them equally), then a question. Each operation is one or two
-  lines of the worked answer, each line a single `a op b = c`, so a model has to copy the
-  right numbers out of a long prompt and get each small computation right: errors compound
-  over the steps, as on GSM8K, and a partly trained model is right on only some problems,
-  which leaves reinforcement learning room to raise it.
-- Numbers stay small (operands below 100, results below 400, one-digit multipliers and
-  divisors, divisions exact) so a model of about 10M parameters can learn the per-step
-  arithmetic with digits as single tokens.
-- Names, things, containers, friends, places and filler sentences (which hold no numbers,
-  except for one optional distractor that does) come from word lists, and the number of
-  filler sentences varies, so prompt lengths spread over the range and the model cannot
-  find the numbers by position.
+  lines of the worked answer, each with a single `a op b = c`, so a model has to find the
+  right numbers in a long prompt and get each small computation right: errors compound over
+  the steps, as on GSM8K, and a partly trained model is right on only some problems, which
+  leaves reinforcement learning room to raise it.
+- A solution's line quotes the words of the event it works on ("She gives 11 shells to the
+  teacher, so she has 27 - 11 = 16 shells left."), as worked solutions often do: finding a
+  number in the prompt is then matching words already written, which small transformers
+  learn early (induction), and the rest of the budget goes to the arithmetic.
+- Numbers stay small (amounts below 100, multipliers 2 and 3, divisors 2 to 5, divisions
+  exact): a model of about 10M parameters trained from scratch in the warm start's budget
+  learns two-digit arithmetic; with amounts up to 200 it was still at chance on computed
+  digits after 300 steps.
+- The user message is a paragraph of background about the person (sentences without
+  numbers, but for an optional distractor that has one), then the problem itself: its events
+  in order and the question. Names, things, containers, friends, places and background
+  sentences come from word lists, and the number of background sentences varies, so prompt
+  lengths spread over the range. Keeping the problem in one piece (as GSM8K's are) matters
+  at this scale: with the events scattered among the background sentences an 11M model
+  copied no number from the prompt after 300 warm-start steps.
 - Everything is a pure function of the seed: `generate(n, seed)` gives the same problems on
   every machine, and the task dedupes on the user message, so the held-out problems are never
   trained on.
@@ -28,9 +36,12 @@ Why it is built this way:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
+
+from rlhf.types import Prompt
 
 SYSTEM_MESSAGE = (
     "You are a careful math tutor. Solve the word problem step by step. Write one short "
@@ -148,115 +159,126 @@ class _Story:
     def fill(self, template: str, **numbers: object) -> str:
         return template.format(**self.words, **numbers)
 
+    def say(self, event: str, line: str, **values: object) -> None:
+        """An event of the story and the solution's line for it, which quotes the event's
+        words before its computation (as worked solutions do), so finding a number in the
+        prompt is matching words already written."""
+        self.events.append(self.fill(event, **values))
+        self.lines.append(self.fill(line, **values))
+
 
 def _start(s: _Story) -> int:
-    x = s.pick(12, 60)
-    s.events.append(s.fill("{Name} has {x} {things}.", x=x))
-    s.lines.append(s.fill("{Name} starts with {x} {things}.", x=x))
+    x = s.pick(10, 40)
+    s.say("{Name} has {x} {things}.", "{Name} has {x} {things}.", x=x)
     return x
 
 
 def _buy_packs(s: _Story, x: int) -> int:
-    count, each = s.pick(2, 6), s.pick(3, 12)
+    count, each = s.pick(2, 4), s.pick(2, 6)
     bought = count * each
-    s.events.append(
-        s.fill(
-            "At {place}, {sub} buys {count} {containers} of {things}, and each of them holds "
-            "{each} {things}.",
-            count=count,
-            each=each,
-        )
-    )
-    s.lines.append(
-        s.fill("{Sub_cap} buys {count} * {each} = {b} {things}.", count=count, each=each, b=bought)
+    s.say(
+        "At {place}, {sub} buys {count} {containers} of {things}, and each of them holds "
+        "{each} {things}.",
+        "{Sub_cap} buys {count} {containers} of {things}, and each of them holds {each} "
+        "{things}, so that is {count} * {each} = {b} {things}.",
+        count=count,
+        each=each,
+        b=bought,
     )
     s.lines.append(s.fill("Now {sub} has {x} + {b} = {y} {things}.", x=x, b=bought, y=x + bought))
     return x + bought
 
 
 def _receive(s: _Story, x: int) -> int:
-    more = s.pick(5, 40)
+    more = s.pick(2, 20)
     friend = FRIENDS[s.rng.integers(len(FRIENDS))]
-    s.events.append(s.fill("Then {friend} gives {obj} {m} more {things}.", friend=friend, m=more))
-    s.lines.append(
-        s.fill(
-            "After getting {m} more, {sub} has {x} + {m} = {y} {things}.", m=more, x=x, y=x + more
-        )
+    s.say(
+        "Then {friend} gives {obj} {m} more {things}.",
+        "{Friend} gives {obj} {m} more {things}, so {sub} has {x} + {m} = {y} {things}.",
+        friend=friend,
+        Friend=friend[0].upper() + friend[1:],
+        m=more,
+        x=x,
+        y=x + more,
     )
     return x + more
 
 
 def _give_away(s: _Story, x: int) -> int:
-    gone = s.pick(3, min(40, x - 5))
+    gone = s.pick(2, min(20, x - 2))
     friend = FRIENDS[s.rng.integers(len(FRIENDS))]
-    s.events.append(s.fill("{Sub_cap} gives {g} {things} to {friend}.", g=gone, friend=friend))
-    s.lines.append(
-        s.fill(
-            "{Sub_cap} gives away {g}, so {sub} has {x} - {g} = {y} {things} left.",
-            g=gone,
-            x=x,
-            y=x - gone,
-        )
+    s.say(
+        "{Sub_cap} gives {g} {things} to {friend}.",
+        "{Sub_cap} gives {g} {things} to {friend}, so {sub} has {x} - {g} = {y} {things} left.",
+        g=gone,
+        friend=friend,
+        x=x,
+        y=x - gone,
     )
     return x - gone
 
 
+LOSSES = [
+    "On the way home, {g} of the {things} get lost",
+    "Sadly, {g} of the {things} break",
+    "A dog runs off with {g} of the {things}",
+]
+
+
 def _lose(s: _Story, x: int) -> int:
-    gone = s.pick(2, min(30, x - 5))
-    s.events.append(s.fill("On the way home, {g} of the {things} get lost.", g=gone))
-    s.lines.append(
-        s.fill("{g} are lost, so {x} - {g} = {y} {things} are left.", g=gone, x=x, y=x - gone)
+    gone = s.pick(2, min(15, x - 2))
+    event = LOSSES[s.rng.integers(len(LOSSES))]
+    s.say(
+        event + ".",
+        event + ", so {x} - {g} = {y} {things} are left.",
+        g=gone,
+        x=x,
+        y=x - gone,
     )
     return x - gone
 
 
 def _multiply(s: _Story, x: int) -> int:
-    times = s.pick(2, 3)
+    times = 3 if x * 3 < MAX_VALUE and s.rng.random() < 0.5 else 2
     word = {2: "twice", 3: "three times"}[times]
-    s.events.append(
-        s.fill(
-            "Then {sub} trades with {pos} friends and ends up with {word} as many {things} as "
-            "before.",
-            word=word,
-        )
-    )
-    s.lines.append(
-        s.fill(
-            "{Word} as many is {x} * {t} = {y} {things}.",
-            Word=word.capitalize(),
-            x=x,
-            t=times,
-            y=x * times,
-        )
+    s.say(
+        "Then {sub} trades with {pos} friends and ends up with {word} as many {things} as before.",
+        "{Sub_cap} ends up with {word} as many {things} as before, so {x} * {t} = {y} {things}.",
+        word=word,
+        x=x,
+        t=times,
+        y=x * times,
     )
     return x * times
 
 
 MIDDLE_STEPS = (_buy_packs, _receive, _give_away, _lose, _multiply)
-MAX_VALUE = 400  # results stay below this; a step that would pass it is not chosen
-NAMED_STEPS = {f.__name__.strip("_"): f for f in MIDDLE_STEPS}
+MAX_VALUE = 100  # every amount stays below this; a step that could pass it is not chosen
 
 
 def _can_take(step, x: int) -> bool:
     if step in (_give_away, _lose):
-        return x >= 10
+        return x >= 6
     if step is _multiply:
-        return x * 3 < MAX_VALUE
-    return x + 72 < MAX_VALUE  # the most _buy_packs or _receive can add
+        return x * 2 < MAX_VALUE
+    return x + 24 < MAX_VALUE  # the most _buy_packs or _receive can add
 
 
 def _split(s: _Story, x: int) -> int | None:
-    """Share equally at the end, if some divisor from 2 to 9 leaves no remainder."""
-    divisors = [d for d in range(2, 10) if x % d == 0]
+    """Share equally at the end, if some divisor from 2 to 5 leaves no remainder."""
+    divisors = [d for d in range(2, 6) if x % d == 0]
     if not divisors:
         return None
     d = divisors[s.rng.integers(len(divisors))]
     group = GROUPS[s.rng.integers(len(GROUPS))]
-    s.events.append(
-        s.fill("{Sub_cap} shares all the {things} equally among {d} {g}.", d=d, g=group)
-    )
-    s.lines.append(
-        s.fill("Each of the {d} {g} gets {x} / {d} = {y} {things}.", d=d, g=group, x=x, y=x // d)
+    s.say(
+        "{Sub_cap} shares all the {things} equally among {d} {g}.",
+        "{Sub_cap} shares all the {things} equally among {d} {g}, so each gets {x} / {d} = "
+        "{y} {things}.",
+        d=d,
+        g=group,
+        x=x,
+        y=x // d,
     )
     s.question = s.fill("How many {things} does each of the {g} get?", g=group)
     s.goal = s.fill("We need to find how many {things} each of the {g} gets.", g=group)
@@ -285,17 +307,18 @@ def generate_problem(
     s.lines.append(s.fill(s.closing, x=x))
     s.lines.append(f"#### {x}")
 
-    fillers = [FILLERS[i] for i in rng.permutation(len(FILLERS))[: s.pick(6, 11)]]
-    sentences = [s.fill(f) for f in fillers]
+    # Background first (it introduces the person; the other sentences in any order), then the
+    # problem's events in order and the question.
+    fillers = [FILLERS[i] for i in 1 + rng.permutation(len(FILLERS) - 1)[: s.pick(5, 10)]]
+    background = [s.fill(f) for f in fillers]
     if rng.random() < 0.5:
         distractor = DISTRACTORS[rng.integers(len(DISTRACTORS))]
-        sentences.append(s.fill(distractor, n=s.pick(5, 40)))
-    # The story opens with its first event and keeps the events in order; the other sentences
-    # fall anywhere after the opening.
-    story = list(s.events)
-    for sentence in sentences:
-        story.insert(int(rng.integers(1, len(story) + 1)), sentence)
-    return WordProblem(" ".join(story) + " " + s.question, "\n".join(s.lines), x)
+        background.insert(
+            int(rng.integers(len(background) + 1)), s.fill(distractor, n=s.pick(5, 40))
+        )
+    background.insert(0, s.fill(FILLERS[0]))
+    question = " ".join(background) + "\n\n" + " ".join([*s.events, s.question])
+    return WordProblem(question, "\n".join(s.lines), x)
 
 
 def generate(n: int, seed: int, min_steps: int = 2, max_steps: int = 4) -> list[WordProblem]:
@@ -309,3 +332,14 @@ def generate(n: int, seed: int, min_steps: int = 2, max_steps: int = 4) -> list[
             seen.add(problem.question)
             out.append(problem)
     return out
+
+
+COMPUTATION = re.compile(r"\d+ [-+*/] \d+ = \d+")
+# The prompt of the warm start's arithmetic-practice rows (plain text, not a chat).
+PRACTICE = Prompt("Practice:")
+
+
+def practice_lines(solution: str) -> list[str]:
+    """A worked solution's computations as practice lines, written as the solution writes
+    them after a word ("so 48 * 3 = 144"), so their tokens match the solution's."""
+    return [f"so {c}" for c in COMPUTATION.findall(solution)]
