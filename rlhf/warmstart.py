@@ -1,7 +1,8 @@
 """A short supervised warm start on the task, so RL starts from a policy with signal.
 
 Plain torch in one process (it runs before any actor starts): AdamW with a short linear
-warm-up and a cosine decay, cross-entropy on the completion tokens (answer + EOS) only.
+warm-up and a cosine decay, cross-entropy on the completion tokens (answer + EOS), and on the
+prompt's tokens too where the task asks (`Task.warm_start_prompt_weight`).
 """
 
 from __future__ import annotations
@@ -62,12 +63,16 @@ def accumulated_step(
 
 
 def micro_batches_of(
-    examples: list[tuple[list[int], int]], pad: int, max_tokens: int = TOKENS_PER_MICRO_BATCH
+    examples: list[tuple[list[int], int]],
+    pad: int,
+    max_tokens: int = TOKENS_PER_MICRO_BATCH,
+    prompt_weight: float = 0.0,
 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """(ids, mask, target) parts of a batch of (ids, prompt length) rows, right-padded, each
-    at most `max_tokens` padded tokens (one row at least); target marks the completion. A
-    batch that fits is one part, in its order; a longer one is cut after sorting by length,
-    so rows of like length share their padding."""
+    at most `max_tokens` padded tokens (one row at least); target weighs the completion's
+    tokens 1 and the prompt's `prompt_weight`. A batch that fits is one part, in its order;
+    a longer one is cut after sorting by length, so rows of like length share their
+    padding."""
     widest = max(len(ids) for ids, _ in examples)
     if widest * len(examples) > max_tokens:
         examples = sorted(examples, key=lambda e: len(e[0]))
@@ -80,7 +85,7 @@ def micro_batches_of(
         ids, mask = pad_rows([r for r, _ in rows], pad)
         target = mask.float()
         for row, (_, prompt_len) in enumerate(rows):
-            target[row, :prompt_len] = 0.0  # no loss on the prompt
+            target[row, :prompt_len] = prompt_weight
         parts.append((ids, mask, target))
         start = end
     return parts
@@ -98,8 +103,9 @@ def warm_start(
 ) -> dict[str, float]:
     """Train on the task's targets and overwrite the model folder; return stats.
 
-    Stats: warm_start/loss (mean of the last 10% of steps), warm_start/greedy_accuracy (on
-    held-out prompts, with the task's default reward), warm_start/seconds.
+    Stats: warm_start/loss (mean of the last 10% of steps, per loss token: the completion's,
+    and the prompt's too where the task weighs them), warm_start/greedy_accuracy (on held-out
+    prompts, with the task's default reward), warm_start/seconds.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -118,7 +124,10 @@ def warm_start(
     reported = started
     for step in range(cfg.steps):
         idx = torch.randint(len(examples), (cfg.batch_size,), generator=gen).tolist()
-        parts = micro_batches_of([examples[i] for i in idx], pad_id_of(tokenizer))
+        rows = [examples[i] for i in idx]
+        parts = micro_batches_of(
+            rows, pad_id_of(tokenizer), prompt_weight=task.warm_start_prompt_weight
+        )
         losses.append(accumulated_step(model, opt, sched, parts))
         if time.perf_counter() - reported >= PROGRESS_EVERY_S:  # a long warm start shows it
             reported = time.perf_counter()

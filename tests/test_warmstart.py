@@ -151,3 +151,15 @@ def test_missing_model_path_is_a_clear_error(tmp_path):
         prepare_model(load_config(None, [f"model.path={tmp_path / 'nowhere'}"]))
     with pytest.raises(ConfigError, match=r"model\.path: .*no config\.json"):
         prepare_model(load_config(None, [f"model.path={tmp_path}"]))
+
+
+def test_prompt_weight_sets_the_loss_on_prompt_tokens():
+    """A task that models its prompts (word_problems) weighs their tokens by its
+    warm_start_prompt_weight; padding never counts."""
+    from rlhf.warmstart import micro_batches_of
+
+    rows = [([5, 6, 7, 8], 2), ([5, 6, 7], 1)]
+    for weight in (0.0, 1.0, 0.5):
+        ((ids, mask, target),) = micro_batches_of(rows, pad=0, prompt_weight=weight)
+        assert ids.tolist() == [[5, 6, 7, 8], [5, 6, 7, 0]]
+        assert target.tolist() == [[weight, weight, 1, 1], [weight, 1, 1, 0]]

@@ -23,6 +23,9 @@ class Task(ABC):
     default_reward: str  # a key of rlhf.rewards.builtin.BUILTIN_REWARDS
     train_prompts: list[Prompt]
     eval_prompts: list[Prompt]
+    # The warm start's loss weight on prompt tokens (completion tokens weigh 1): 0 trains on
+    # answers only; above 0 it also models the prompt, as pretraining would.
+    warm_start_prompt_weight: float = 0.0
 
     @property
     @abstractmethod
@@ -121,6 +124,9 @@ class WordProblemsTask(Task):
     default_reward = "final_number"
     max_eval = 512
     corpus_problems = 4096
+    # Whole conversations: modelling the prompt too (its names and things recur in it) is
+    # what teaches a model from scratch to copy from its context.
+    warm_start_prompt_weight = 1.0
     practice_row = 24  # computations per arithmetic-practice row: about 300 tokens
 
     def __init__(self, cfg: TaskConfig) -> None:

@@ -287,7 +287,7 @@ def _split(s: _Story, x: int) -> int | None:
 
 
 def generate_problem(
-    rng: np.random.Generator, min_steps: int = 2, max_steps: int = 4
+    rng: np.random.Generator, min_steps: int = 2, max_steps: int = 3
 ) -> WordProblem:
     s = _Story(rng)
     x = _start(s)
@@ -321,7 +321,7 @@ def generate_problem(
     return WordProblem(question, "\n".join(s.lines), x)
 
 
-def generate(n: int, seed: int, min_steps: int = 2, max_steps: int = 4) -> list[WordProblem]:
+def generate(n: int, seed: int, min_steps: int = 2, max_steps: int = 3) -> list[WordProblem]:
     """`n` distinct problems (by question), a pure function of the arguments."""
     rng = np.random.default_rng([seed, 0x57])
     seen: set[str] = set()
