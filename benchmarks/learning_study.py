@@ -47,8 +47,13 @@ COLUMNS = (
     ("eval/greedy_reward_after", "greedy after", "{:.3f}"),
     ("eval/greedy_rise", "greedy rise", "{:+.3f}"),
     ("seconds/iteration", "s/iteration", "{:.2f}"),
+    ("time/generate", "generate s", "{:.2f}"),
+    ("time/train", "train s", "{:.2f}"),
+    ("time/sync", "sync s", "{:.3f}"),
     ("seconds/total", "run s", "{:.0f}"),
 )
+# per-iteration phases: the median over a run's iterations (metrics.jsonl)
+PHASES = ("time/generate", "time/train", "time/sync")
 
 
 def run_one(name: str, overrides: list[str], seed: int, out_dir: Path, run: bool = True) -> dict:
@@ -56,10 +61,23 @@ def run_one(name: str, overrides: list[str], seed: int, out_dir: Path, run: bool
     with run=False, an empty record)."""
     summary_file = out_dir / f"{name}-s{seed}" / "summary.json"
     if summary_file.is_file():
-        return json.loads(summary_file.read_text())
+        return with_phases(json.loads(summary_file.read_text()), summary_file.parent)
     if not run:
         return {}
-    return _train(name, overrides, seed, out_dir)
+    return with_phases(_train(name, overrides, seed, out_dir), summary_file.parent)
+
+
+def with_phases(summary: dict, run: Path) -> dict:
+    """`summary` and each phase's median seconds per iteration, from the run's metrics."""
+    metrics = run / "metrics.jsonl"
+    if summary.get("failed") or not metrics.is_file():
+        return summary
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    for key in PHASES:
+        values = [r[key] for r in records if key in r]
+        if values:
+            summary[key] = statistics.median(values)
+    return summary
 
 
 def _train(name: str, overrides: list[str], seed: int, out_dir: Path) -> dict:
@@ -107,7 +125,7 @@ def table(results: dict[tuple[str, int], dict], variants: list[str], seeds: list
         if len(rises) > 1:
             lines.append(
                 f"| **{v}** | mean | | | | | **{statistics.mean(rises):+.3f}** "
-                f"(min {min(rises):+.3f}) | | |"
+                f"(min {min(rises):+.3f}) |" + " |" * (len(COLUMNS) - 5)
             )
     return "\n".join(lines)
 
@@ -117,6 +135,7 @@ def main() -> int:
     p.add_argument("--variants", default="default", help=f"comma list of {', '.join(VARIANTS)}")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--set", action="append", default=[], help="override for every run")
+    p.add_argument("--config", "-c", help="YAML config every run starts from (rlhf train -c)")
     p.add_argument("--runs-dir", default="runs/learning_study")
     p.add_argument("--out", help="write the table (markdown) here, after every run")
     p.add_argument(
@@ -132,7 +151,8 @@ def main() -> int:
     results: dict[tuple[str, int], dict] = {}
     for v in variants:
         for s in seeds:
-            results[(v, s)] = run_one(v, VARIANTS[v] + args.set, s, out_dir, not args.report_only)
+            overrides = VARIANTS[v] + args.set + (["-c", args.config] if args.config else [])
+            results[(v, s)] = run_one(v, overrides, s, out_dir, not args.report_only)
             if not args.report_only:
                 print(table(results, variants, seeds), flush=True)
                 if args.out:  # after every run, so an interrupted study leaves its results

@@ -128,6 +128,10 @@ class TinyModelConfig(Section):
     num_heads: int = Field(4, gt=0)
     num_kv_heads: int = Field(2, gt=0)
     intermediate_size: int = Field(512, gt=0)
+    vocab_size: int = Field(512, ge=64, description="the byte-level BPE's vocabulary")
+    max_position_embeddings: int = Field(
+        256, gt=0, description="the longest prompt + completion the model takes"
+    )
     seed: int = 0
 
 
@@ -144,8 +148,8 @@ class ModelConfig(Section):
 
 class TaskConfig(Section):
     name: str = Field("addition", description="a built-in task (rlhf.data.tasks.TASKS)")
-    max_operand: int = Field(99, gt=0)
-    num_prompts: int = Field(4096, gt=0)
+    max_operand: int = Field(99, gt=0, description="addition: the largest operand")
+    num_prompts: int = Field(4096, gt=0, description="training prompts")
     seed: int = 0
 
 

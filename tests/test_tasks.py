@@ -53,7 +53,7 @@ def test_warm_start_examples_and_corpus():
     examples = task.supervised_examples()
     assert len(examples) == 50
     for prompt, completion in examples:
-        left, right = prompt.removesuffix("=").split("+")
+        left, right = prompt.text.removesuffix("=").split("+")
         assert completion == str(int(left) + int(right))
     assert len(task.corpus()) == len(task.train_prompts) + len(task.eval_prompts)
     assert all("=" in line and line[-1].isdigit() for line in task.corpus())

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from rlhf.config import ConfigError, TaskConfig, WarmStartConfig, load_config
 from rlhf.data.tasks import make_task
@@ -16,7 +17,7 @@ from rlhf.models import default_model
 from rlhf.models.default_model import cache_key, prepare_model
 from rlhf.models.tiny import build_tiny_model
 from rlhf.rewards.builtin import addition_exact
-from rlhf.warmstart import warm_start
+from rlhf.warmstart import accumulated_step, micro_batches_of, warm_start
 
 SMALL_MODEL = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2}
 
@@ -87,9 +88,38 @@ def test_prepare_model_builds_once_then_reuses_the_cache(tmp_path, monkeypatch):
 
 
 def test_the_default_model_keeps_its_cache_key():
-    """Fields added to model.tiny later (family) leave the default's key as it was: a cached
-    default model stays valid. The value is the key computed before they existed."""
+    """Fields added to model.tiny later (family, vocab_size, max_position_embeddings) leave the
+    default's key as it was: a cached default model stays valid. The value is the key
+    computed before they existed; away from their old values they change it."""
     assert cache_key(load_config(None, [])) == "ea55765b702ae611"
+    for override in ("model.tiny.vocab_size=1024", "model.tiny.max_position_embeddings=1024"):
+        assert cache_key(load_config(None, [override])) != "ea55765b702ae611", override
+
+
+def test_micro_batches_give_the_whole_batch_step(tmp_path):
+    """A batch cut into parts of at most `max_tokens` (sorted by length) takes the same step
+    as the batch in one piece: same loss, same gradient, same weights after."""
+    build_tiny_model(tmp_path, ["12+30=42", "the quick brown fox"] * 20, **SMALL_MODEL)
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for length in (5, 23, 9, 31, 17, 12):
+        ids = torch.randint(3, 60, (length,), generator=gen).tolist()
+        rows.append((ids, length // 2))  # loss on the second half
+    steps = {}
+    for max_tokens in (10_000, 40):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        parts = micro_batches_of(rows, pad=0, max_tokens=max_tokens)
+        assert all(ids.numel() <= max(max_tokens, 31) for ids, _, _ in parts)
+        loss = accumulated_step(model, opt, sched, parts)
+        steps[max_tokens] = (len(parts), loss, [p.detach().clone() for p in model.parameters()])
+    (one, loss_one, after_one), (many, loss_many, after_many) = steps[10_000], steps[40]
+    assert one == 1 and many >= 4
+    assert loss_many == pytest.approx(loss_one, rel=1e-5)
+    for a, b in zip(after_one, after_many, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def _prepare_in_child(cache_dir: str, queue) -> None:
@@ -121,3 +151,15 @@ def test_missing_model_path_is_a_clear_error(tmp_path):
         prepare_model(load_config(None, [f"model.path={tmp_path / 'nowhere'}"]))
     with pytest.raises(ConfigError, match=r"model\.path: .*no config\.json"):
         prepare_model(load_config(None, [f"model.path={tmp_path}"]))
+
+
+def test_prompt_weight_sets_the_loss_on_prompt_tokens():
+    """A task that models its prompts (word_problems) weighs their tokens by its
+    warm_start_prompt_weight; padding never counts."""
+    from rlhf.warmstart import micro_batches_of
+
+    rows = [([5, 6, 7, 8], 2), ([5, 6, 7], 1)]
+    for weight in (0.0, 1.0, 0.5):
+        ((ids, mask, target),) = micro_batches_of(rows, pad=0, prompt_weight=weight)
+        assert ids.tolist() == [[5, 6, 7, 8], [5, 6, 7, 0]]
+        assert target.tolist() == [[weight, weight, 1, 1], [weight, 1, 1, 0]]

@@ -22,13 +22,18 @@ from rlhf.config import Config, ConfigError
 # constants, warm-start recipe), so stale caches are never reused.
 BUILD_VERSION = 2
 READY_FILE = "rlhf_ready.json"
+# model.tiny fields added after version 2, with the value every earlier model was built with
+FIELDS_ADDED_AFTER_V2 = {"family": "llama", "vocab_size": 512, "max_position_embeddings": 256}
 
 
 def cache_key(cfg: Config) -> str:
     """A hash of everything that determines the built model (all seeds included)."""
     tiny = cfg.model.tiny.model_dump(mode="json")
-    if tiny["family"] == "llama":  # added after version 2: llama models keep their keys
-        del tiny["family"]
+    # Settings added after version 2 enter the key only away from the value every model had
+    # before, so the models built then (the addition default's among them) keep their keys.
+    for field, before in FIELDS_ADDED_AFTER_V2.items():
+        if tiny[field] == before:
+            del tiny[field]
     parts = {
         "version": BUILD_VERSION,
         "tiny": tiny,
@@ -66,6 +71,8 @@ def _build(cfg: Config, work: Path) -> dict[str, float]:
         num_heads=t.num_heads,
         num_kv_heads=t.num_kv_heads,
         intermediate_size=t.intermediate_size,
+        vocab_size=t.vocab_size,
+        max_position_embeddings=t.max_position_embeddings,
         seed=t.seed,
     )
     if not (cfg.warm_start.enabled and cfg.warm_start.steps > 0):

@@ -20,6 +20,14 @@ CHAT_TEMPLATE = (
 )
 
 
+def render_chat(messages: list[dict[str, str]]) -> str:
+    """`messages` as the tiny tokenizer's chat template renders them, generation prompt
+    included (what a run feeds the model), for corpora built before any tokenizer exists."""
+    import jinja2
+
+    return jinja2.Template(CHAT_TEMPLATE).render(messages=messages, add_generation_prompt=True)
+
+
 def train_tokenizer(corpus: list[str], vocab_size: int = 512):
     """A byte-level BPE whose digits are always single tokens (arithmetic stays learnable)."""
     from transformers import PreTrainedTokenizerFast
