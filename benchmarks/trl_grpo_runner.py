@@ -1,8 +1,9 @@
 """TRL's GRPOTrainer on a job written by benchmarks/trl_side_by_side.py (the TRL side).
 
 Runs in the benchmark's own TRL virtual environment (benchmarks/.venv-trl), never in ours, and
-imports nothing from `rlhf`: everything it needs (model folder, prompts in order, answers,
-settings) comes in the job file.
+imports nothing from `rlhf`: everything it needs (model folder, prompts in order, answers, the
+reward's name, settings) comes in the job file. The reward functions restate ours; the module
+imports without trl, so tests/test_trl_rewards.py can hold them to ours.
 
     benchmarks/.venv-trl/bin/python benchmarks/trl_grpo_runner.py --job job.json --out DIR
 
@@ -16,28 +17,67 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import time
 from collections.abc import Callable, Sequence
+from decimal import Decimal
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-from trl import GRPOConfig, GRPOTrainer
+
+if TYPE_CHECKING:
+    from trl import GRPOConfig, GRPOTrainer
+
+
+# ---------------------------------------------------------------- rewards
+# The rules of rlhf.rewards.builtin, restated (this side may not import rlhf); a completion is
+# a string for text prompts and [{"role": "assistant", "content": ...}] for conversational ones.
+def completion_text(completion: object) -> str | None:
+    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
+        completion = completion[-1].get("content")
+    return completion if isinstance(completion, str) else None
 
 
 def addition_exact(
-    prompts: list[str], completions: list[str], answer: Sequence[object], **_: object
+    prompts: list, completions: list, answer: Sequence[object], **_: object
 ) -> list[float]:
-    """1.0 iff the completion, stripped of white space, is exactly the answer (the same rule
-    as the benchmark's other side; restated here because this side may not import it)."""
+    """1.0 iff the completion, stripped of white space, is exactly the answer."""
+    texts = [completion_text(c) for c in completions]
     return [
-        1.0 if isinstance(c, str) and c.strip() == str(a).strip() else 0.0
-        for c, a in zip(completions, answer, strict=True)
+        1.0 if t is not None and t.strip() == str(a).strip() else 0.0
+        for t, a in zip(texts, answer, strict=True)
     ]
 
 
+NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")  # thousands commas allowed
+
+
+def last_number(text: str) -> Decimal | None:
+    numbers = NUMBER.findall(text)
+    return Decimal(numbers[-1].replace(",", "")) if numbers else None
+
+
+def final_number(
+    prompts: list, completions: list, answer: Sequence[object], **_: object
+) -> list[float | None]:
+    """1.0 iff the completion's last number equals the answer's last number after its final
+    '####' (as decimals: 72 == 72.00); None where the answer has no number."""
+    out: list[float | None] = []
+    for c, a in zip(completions, answer, strict=True):
+        want = last_number(str(a).rsplit("####", 1)[-1])
+        text = completion_text(c)
+        got = last_number(text) if text is not None else None
+        out.append(None if want is None else float(got == want))
+    return out
+
+
+REWARDS: dict[str, Callable[..., list]] = {f.__name__: f for f in (addition_exact, final_number)}
+
+
+# ---------------------------------------------------------------- the trainer
 def lr_factor(warmup: int, total: int, min_ratio: float) -> Callable[[int], float]:
     """Linear warm-up (step 0 at lr / warmup), then a cosine decay to min_ratio at `total`:
     the schedule of the other side, step for step (TRL's own "cosine" starts at lr 0)."""
@@ -53,24 +93,29 @@ def lr_factor(warmup: int, total: int, min_ratio: float) -> Callable[[int], floa
     return factor
 
 
-class TimedGRPOTrainer(GRPOTrainer):
-    """GRPOTrainer that also records how long each generation takes and which prompts it
-    was given (to prove the order); nothing else changes."""
+def timed_trainer(**kwargs: Any) -> GRPOTrainer:
+    """A GRPOTrainer that also records how long each generation takes and which prompts it
+    was given (to prove the order); nothing else changes. (trl is imported here, not at the
+    top, so the reward functions above import without it.)"""
+    from trl import GRPOTrainer
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.generate_seconds: list[float] = []
-        self.generation_prompts: list[list[str]] = []
+    class TimedGRPOTrainer(GRPOTrainer):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.generate_seconds: list[float] = []
+            self.generation_prompts: list[list] = []
 
-    def _generate(self, prompts: list):
-        self.generation_prompts.append(list(prompts))
-        return super()._generate(prompts)
+        def _generate(self, prompts: list):
+            self.generation_prompts.append(list(prompts))
+            return super()._generate(prompts)
 
-    def _generate_single_turn(self, *args: Any, **kwargs: Any):
-        t0 = time.perf_counter()
-        out = super()._generate_single_turn(*args, **kwargs)
-        self.generate_seconds.append(time.perf_counter() - t0)
-        return out
+        def _generate_single_turn(self, *args: Any, **kwargs: Any):
+            t0 = time.perf_counter()
+            out = super()._generate_single_turn(*args, **kwargs)
+            self.generate_seconds.append(time.perf_counter() - t0)
+            return out
+
+    return TimedGRPOTrainer(**kwargs)
 
 
 class StepRecorder(TrainerCallback):
@@ -95,6 +140,8 @@ class StepRecorder(TrainerCallback):
 
 
 def grpo_config(s: dict[str, Any], out: Path) -> GRPOConfig:
+    from trl import GRPOConfig
+
     # Every knob the comparison depends on is set here, not left to TRL's defaults (which
     # differ: bf16 and gradient checkpointing on, lr 1e-6, shuffled prompts).
     force = {"min_new_tokens": s["max_new_tokens"]} if s["force_length"] else None
@@ -146,19 +193,19 @@ def make_optimizer(
 
 
 def check_tokenization(trainer: GRPOTrainer, job: dict[str, Any]) -> int:
-    """TRL's own prompt path must give the ids the other side generates from: raw text, no
-    chat template, the same special tokens."""
+    """TRL's own prompt path must give the ids the other side generates from: raw text as it
+    is, chat messages through the same chat template, the same special tokens."""
     from trl.data_utils import is_conversational
 
     expected = job["expected_prompt_ids"]
-    texts = [r["prompt"] for r in job["rows"][: len(expected)]]
-    if is_conversational({"prompt": texts[0]}):
-        raise SystemExit("prompts were taken as conversational; they must be raw text")
-    got, _, _ = trainer._tokenize_prompts(texts)
+    prompts = [r["prompt"] for r in job["rows"][: len(expected)]]
+    if is_conversational({"prompt": prompts[0]}) != isinstance(prompts[0], list):
+        raise SystemExit(f"TRL took {prompts[0]!r} for the other kind of prompt")
+    got, _, _ = trainer._tokenize_prompts(prompts)
     got = [list(map(int, ids)) for ids in got]
     if got != expected:
         bad = next(i for i, (a, b) in enumerate(zip(got, expected, strict=True)) if a != b)
-        raise SystemExit(f"prompt {texts[bad]!r}: TRL ids {got[bad]} != expected {expected[bad]}")
+        raise SystemExit(f"prompt {prompts[bad]!r}: TRL ids {got[bad]} != expected {expected[bad]}")
     return len(expected)
 
 
@@ -178,9 +225,9 @@ def main() -> int:
     model = AutoModelForCausalLM.from_pretrained(job["model_path"], dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(job["model_path"])
     recorder = StepRecorder()
-    trainer = TimedGRPOTrainer(
+    trainer = timed_trainer(
         model=model,
-        reward_funcs=[addition_exact],
+        reward_funcs=[REWARDS[job["reward"]]],
         args=grpo_config(s, out),
         train_dataset=Dataset.from_list(job["rows"]),
         processing_class=tokenizer,
@@ -206,7 +253,7 @@ def main() -> int:
     return 0
 
 
-def step_records(recorder: StepRecorder, trainer: TimedGRPOTrainer) -> list[dict[str, float]]:
+def step_records(recorder: StepRecorder, trainer: GRPOTrainer) -> list[dict[str, float]]:
     if not (len(recorder.seconds) == len(recorder.logs) == len(trainer.generate_seconds)):
         raise SystemExit(
             f"{len(recorder.seconds)} steps timed, {len(recorder.logs)} logged, "
