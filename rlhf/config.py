@@ -190,6 +190,12 @@ class WarmStartConfig(Section):
     steps: int = Field(400, ge=0)
     batch_size: int = Field(128, gt=0)
     lr: float = Field(1e-3, gt=0)
+    autocast: Literal["off", "bfloat16", "auto"] = Field(
+        "off",
+        description="bfloat16 matmuls (fp32 weights and optimizer): 1.6x faster a step on CPUs "
+        "with AVX512-BF16 or AMX, about 2x slower on CPUs without; auto: bfloat16 where the "
+        "CPU has it",
+    )
 
 
 # ---------------------------------------------------------------- pools

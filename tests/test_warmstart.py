@@ -46,6 +46,20 @@ def test_warm_start_teaches_addition_on_held_out_pairs(tmp_path):
     assert after == pytest.approx(stats["warm_start/greedy_accuracy"])
 
 
+def test_warm_start_in_bfloat16_autocast_learns_as_fp32_does(tmp_path):
+    """warm_start.autocast=bfloat16 (the word_problems recipe): the same sums, learnt, and
+    the saved weights stay fp32. On a CPU without bf16 this runs emulated, just slower."""
+    task = make_task(TaskConfig(max_operand=19, num_prompts=360))
+    build_tiny_model(tmp_path, task.corpus(), intermediate_size=256, **SMALL_MODEL)
+    cfg = WarmStartConfig(steps=300, batch_size=64, lr=3e-3, autocast="bfloat16")
+    stats = warm_start(tmp_path, task, cfg, seed=0)
+    assert stats["warm_start/greedy_accuracy"] >= 0.5, stats
+    from transformers import AutoModelForCausalLM
+
+    weights = AutoModelForCausalLM.from_pretrained(tmp_path).state_dict().values()
+    assert {w.dtype for w in weights} == {torch.float32}
+
+
 def _small_cfg(tmp_path: Path, *extra: str):
     return load_config(
         None,
@@ -92,7 +106,11 @@ def test_the_default_model_keeps_its_cache_key():
     default's key as it was: a cached default model stays valid. The value is the key
     computed before they existed; away from their old values they change it."""
     assert cache_key(load_config(None, [])) == "ea55765b702ae611"
-    for override in ("model.tiny.vocab_size=1024", "model.tiny.max_position_embeddings=1024"):
+    for override in (
+        "model.tiny.vocab_size=1024",
+        "model.tiny.max_position_embeddings=1024",
+        "warm_start.autocast=bfloat16",
+    ):
         assert cache_key(load_config(None, [override])) != "ea55765b702ae611", override
 
 

@@ -140,7 +140,19 @@ def test_the_warm_start_also_practises_the_solutions_arithmetic(task):
     examples = task.supervised_examples()
     problems = [(p, c) for p, c in examples if p.messages is not None]
     practice = [c for p, c in examples if p.messages is None]
-    assert [p for p, _ in problems] == task.train_prompts
+    # every training problem once, with its own solution; most without their background
+    assert len(problems) == len(task.train_prompts)
+    short = 0
+    for (p, c), full in zip(problems, task.train_prompts, strict=True):
+        assert c == task.target(full) and p.columns == full.columns
+        assert p.messages[0] == full.messages[0]  # the system message stays
+        user = full.messages[1]["content"]
+        if p.messages != full.messages:
+            short += 1
+            background, problem = user.split("\n\n")
+            assert p.messages[1]["content"] == p.text == problem and len(background) > 200
+    expected = task.warm_start_short_fraction * len(problems)
+    assert abs(short - expected) < 4 * math.sqrt(expected), (short, expected)  # binomial
     assert len(practice) == len(task.train_prompts) // 2
     solutions = "\n".join(c for _, c in problems)
     for row in practice[:50]:
@@ -169,8 +181,11 @@ def test_final_number_scores_the_reference_one_and_a_wrong_number_zero(task):
 
 def test_the_warm_start_trains_on_the_prompt_a_run_sends(task, tokenizer):
     examples = _encode(task, tokenizer)
-    for (ids, prompt_length), p in zip(examples[:20], task.train_prompts, strict=False):
-        assert ids[:prompt_length] == prompt_ids(tokenizer, p)  # chat template and all
+    supervised = task.supervised_examples()
+    for (ids, prompt_length), (p, _) in zip(examples[:20], supervised, strict=False):
+        # chat template and all; the short ones are their problem's prompt minus background
+        assert ids[:prompt_length] == prompt_ids(tokenizer, p)
+        assert p.messages is not None
         completion = tokenizer.decode(ids[prompt_length:])
         assert completion == task.target(p) + tokenizer.eos_token
 

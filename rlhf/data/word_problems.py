@@ -124,6 +124,15 @@ class WordProblem:
         ]
 
 
+def without_background(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The same conversation with the user message's background paragraph left out: the
+    problem itself (events and question) only. The solution's distance to every number it
+    reads is unchanged, so what a warm start learns on these carries over to full prompts."""
+    *head, user = messages
+    problem = user["content"].split("\n\n", 1)[-1]
+    return [*head, {**user, "content": problem}]
+
+
 class _Story:
     """One problem being written: the prompt's sentences and the solution's lines."""
 

@@ -24,6 +24,7 @@ BUILD_VERSION = 2
 READY_FILE = "rlhf_ready.json"
 # model.tiny fields added after version 2, with the value every earlier model was built with
 FIELDS_ADDED_AFTER_V2 = {"family": "llama", "vocab_size": 512, "max_position_embeddings": 256}
+WARM_START_FIELDS_ADDED_AFTER_V2 = {"autocast": "off"}
 
 
 def cache_key(cfg: Config) -> str:
@@ -34,11 +35,15 @@ def cache_key(cfg: Config) -> str:
     for field, before in FIELDS_ADDED_AFTER_V2.items():
         if tiny[field] == before:
             del tiny[field]
+    warm = cfg.warm_start.model_dump(mode="json")
+    for field, before in WARM_START_FIELDS_ADDED_AFTER_V2.items():
+        if warm[field] == before:
+            del warm[field]
     parts = {
         "version": BUILD_VERSION,
         "tiny": tiny,
         "task": cfg.task.model_dump(mode="json"),
-        "warm_start": cfg.warm_start.model_dump(mode="json"),
+        "warm_start": warm,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
