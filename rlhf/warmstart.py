@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -116,13 +118,20 @@ def _lr_factor(step: int, total: int) -> float:
 
 
 def warm_start(
-    model_path: str | Path, task: Task, cfg: WarmStartConfig, seed: int
+    model_path: str | Path,
+    task: Task,
+    cfg: WarmStartConfig,
+    seed: int,
+    every: int = 0,
+    on_checkpoint: Callable[[int, float, Any, Any], None] | None = None,
 ) -> dict[str, float]:
     """Train on the task's targets and overwrite the model folder; return stats.
 
     Stats: warm_start/loss (mean of the last 10% of steps, per loss token: the completion's,
     and the prompt's too where the task weighs them), warm_start/greedy_accuracy (on held-out
-    prompts, with the task's default reward), warm_start/seconds.
+    prompts, with the task's default reward), warm_start/seconds. With `every`,
+    `on_checkpoint(step, mean loss since the last call, model, tokenizer)` runs after every
+    `every` steps (benchmarks/warm_start_curve.py evaluates there); its time is not counted.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -149,6 +158,12 @@ def warm_start(
         # weights, gradients and AdamW stay fp32; only the forward's matmuls run in bf16
         with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             losses.append(accumulated_step(model, opt, sched, parts))
+        if every and on_checkpoint and (step + 1) % every == 0:
+            paused = time.perf_counter()
+            on_checkpoint(step + 1, sum(losses[-every:]) / every, model, tokenizer)
+            model.train()
+            started += time.perf_counter() - paused
+            reported += time.perf_counter() - paused
         if time.perf_counter() - reported >= PROGRESS_EVERY_S:  # a long warm start shows it
             reported = time.perf_counter()
             print(

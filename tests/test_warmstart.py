@@ -60,6 +60,30 @@ def test_warm_start_in_bfloat16_autocast_learns_as_fp32_does(tmp_path):
     assert {w.dtype for w in weights} == {torch.float32}
 
 
+def test_checkpoint_hook_sees_every_nth_step_and_changes_nothing(tmp_path):
+    """benchmarks/warm_start_curve.py evaluates inside the warm start: the hook runs after
+    every `every` steps, and the trained weights are those of a run without it."""
+    from transformers import AutoModelForCausalLM
+
+    task = make_task(TaskConfig(max_operand=9, num_prompts=80))
+    cfg = WarmStartConfig(steps=6, batch_size=16, lr=3e-3)
+    folders = [tmp_path / "plain", tmp_path / "hooked"]
+    for folder in folders:
+        build_tiny_model(folder, task.corpus(), intermediate_size=64, **SMALL_MODEL)
+    warm_start(folders[0], task, cfg, seed=0)
+    seen = []
+
+    def hook(step, loss, model, tokenizer):
+        seen.append((step, loss > 0))
+        greedy_accuracy(model, tokenizer, task.eval_prompts[:4], addition_exact, 3)
+
+    warm_start(folders[1], task, cfg, seed=0, every=2, on_checkpoint=hook)
+    assert seen == [(2, True), (4, True), (6, True)]
+    plain, hooked = (AutoModelForCausalLM.from_pretrained(f).state_dict() for f in folders)
+    for name, weight in plain.items():
+        assert torch.equal(weight, hooked[name]), name
+
+
 def _small_cfg(tmp_path: Path, *extra: str):
     return load_config(
         None,

@@ -7,7 +7,7 @@ with its computation, ending `#### <number>` as GSM8K's do, scored by `final_num
 
 Why it is built this way:
 
-- A problem is a story about one person and one kind of thing, changed by 2 to 4 operations
+- A problem is a story about one person and one kind of thing, changed by 2 or 3 operations
   (buying packs of them, getting more, giving some away, losing some, multiplying them, and
   at the end perhaps sharing them equally), then a question. Each operation is one or two
   lines of the worked answer, each with a single `a op b = c`, so a model has to find the

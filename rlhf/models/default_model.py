@@ -60,12 +60,10 @@ def check_model_path(path_text: str) -> str:
     return str(path)
 
 
-def _build(cfg: Config, work: Path) -> dict[str, float]:
-    from rlhf.data.tasks import make_task
+def build_untrained(cfg: Config, work: Path, task) -> None:
+    """model.tiny's model with random weights and its tokenizer, trained on `task`'s corpus."""
     from rlhf.models.tiny import build_tiny_model
-    from rlhf.warmstart import warm_start
 
-    task = make_task(cfg.task)
     t = cfg.model.tiny
     build_tiny_model(
         work,
@@ -80,6 +78,15 @@ def _build(cfg: Config, work: Path) -> dict[str, float]:
         max_position_embeddings=t.max_position_embeddings,
         seed=t.seed,
     )
+
+
+def _build(cfg: Config, work: Path) -> dict[str, float]:
+    from rlhf.data.tasks import make_task
+    from rlhf.warmstart import warm_start
+
+    task = make_task(cfg.task)
+    t = cfg.model.tiny
+    build_untrained(cfg, work, task)
     if not (cfg.warm_start.enabled and cfg.warm_start.steps > 0):
         return {}
     print(
