@@ -33,7 +33,7 @@ from rlhf.data.tasks import make_task  # noqa: E402
 from rlhf.eval import greedy_accuracy  # noqa: E402
 from rlhf.models.default_model import build_untrained  # noqa: E402
 from rlhf.rewards.builtin import BUILTIN_REWARDS  # noqa: E402
-from rlhf.warmstart import autocast_dtype, warm_start  # noqa: E402
+from rlhf.warmstart import bfloat16_autocast, warm_start  # noqa: E402
 
 
 def main() -> int:
@@ -57,7 +57,7 @@ def main() -> int:
         f"Machine: {platform.machine()}, {args.threads} threads; {time.strftime('%Y-%m-%d')}. "
         f"Command: `{shlex.join(['.venv/bin/python', 'benchmarks/warm_start_curve.py', *sys.argv[1:]])}`\n"
         f"Warm start: {cfg.warm_start.model_dump()} (autocast resolved: "
-        f"{autocast_dtype(cfg.warm_start.autocast) or 'off'}); greedy accuracy on "
+        f"{'bfloat16' if bfloat16_autocast(cfg.warm_start.autocast) else 'off'}); greedy accuracy on "
         f"{len(prompts)} held-out prompts, `{task.default_reward}`.\n\n"
         "| step | seconds | loss (last interval) | greedy held-out |\n|---|---|---|---|\n"
     )

@@ -103,11 +103,9 @@ def cpu_has_bfloat16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def autocast_dtype(setting: str) -> torch.dtype | None:
-    """warm_start.autocast resolved on this machine: bfloat16, or None for plain fp32."""
-    if setting == "bfloat16" or (setting == "auto" and cpu_has_bfloat16()):
-        return torch.bfloat16
-    return None
+def bfloat16_autocast(setting: str) -> bool:
+    """warm_start.autocast resolved on this machine: bf16 matmuls, or plain fp32."""
+    return setting == "bfloat16" or (setting == "auto" and cpu_has_bfloat16())
 
 
 def _lr_factor(step: int, total: int) -> float:
@@ -148,7 +146,7 @@ def warm_start(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg.steps))
     losses: list[float] = []
     reported = started
-    dtype = autocast_dtype(cfg.autocast)
+    bf16 = bfloat16_autocast(cfg.autocast)
     for step in range(cfg.steps):
         idx = torch.randint(len(examples), (cfg.batch_size,), generator=gen).tolist()
         rows = [examples[i] for i in idx]
@@ -156,7 +154,7 @@ def warm_start(
             rows, pad_id_of(tokenizer), prompt_weight=task.warm_start_prompt_weight
         )
         # weights, gradients and AdamW stay fp32; only the forward's matmuls run in bf16
-        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             losses.append(accumulated_step(model, opt, sched, parts))
         if every and on_checkpoint and (step + 1) % every == 0:
             paused = time.perf_counter()

@@ -3,6 +3,7 @@ config that runs it, and the model that config builds."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -61,14 +62,7 @@ def test_the_launch_config_runs_the_task_with_its_reward_on_vllm(cfg):
 
 def test_the_launch_config_builds_a_model_of_at_least_10m_parameters(cfg):
     t = cfg.model.tiny
-    shape = TinyShape(
-        hidden_size=t.hidden_size,
-        num_layers=t.num_layers,
-        num_heads=t.num_heads,
-        num_kv_heads=t.num_kv_heads,
-        intermediate_size=t.intermediate_size,
-        max_position_embeddings=t.max_position_embeddings,
-    )
+    shape = TinyShape(**t.model_dump(include={f.name for f in dataclasses.fields(TinyShape)}))
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):  # shapes only: nothing is allocated

@@ -64,20 +64,7 @@ def build_untrained(cfg: Config, work: Path, task) -> None:
     """model.tiny's model with random weights and its tokenizer, trained on `task`'s corpus."""
     from rlhf.models.tiny import build_tiny_model
 
-    t = cfg.model.tiny
-    build_tiny_model(
-        work,
-        task.corpus(),
-        family=t.family,
-        hidden_size=t.hidden_size,
-        num_layers=t.num_layers,
-        num_heads=t.num_heads,
-        num_kv_heads=t.num_kv_heads,
-        intermediate_size=t.intermediate_size,
-        vocab_size=t.vocab_size,
-        max_position_embeddings=t.max_position_embeddings,
-        seed=t.seed,
-    )
+    build_tiny_model(work, task.corpus(), **cfg.model.tiny.model_dump())
 
 
 def _build(cfg: Config, work: Path) -> dict[str, float]:
