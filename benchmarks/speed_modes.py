@@ -37,6 +37,13 @@ MODES: dict[str, list[str]] = {
     "colocated": [*ONE_EACH, "topology.colocate_all=true", "rollout.max_staleness=0"],
     # the default: two of each, taking turns, each actor on one of the two cores
     "colocated_dp2": [*TWO_EACH, "topology.colocate_all=true", "rollout.max_staleness=0"],
+    # two engines, one learner rank computing on both cores: no gradient all-reduce
+    "colocated_learner1": [
+        "topology.rollout.workers=2",
+        "topology.learner.workers=1",
+        "topology.colocate_all=true",
+        "rollout.max_staleness=0",
+    ],
     "async1": [*ONE_EACH, "topology.colocate_all=false", "rollout.max_staleness=1"],
     "async2": [*ONE_EACH, "topology.colocate_all=false", "rollout.max_staleness=2"],
 }
@@ -98,6 +105,7 @@ def main() -> int:
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--seeds", default="0")
     p.add_argument("--set", action="append", default=[], help="override for every run")
+    p.add_argument("--config", "-c", help="YAML config every run starts from (rlhf train -c)")
     p.add_argument("--runs-dir", default="runs/speed_modes")
     p.add_argument("--out", help="write the table (markdown) here")
     args = p.parse_args()
@@ -109,7 +117,8 @@ def main() -> int:
     results: dict[tuple[str, int], dict] = {}
     for seed in [int(s) for s in args.seeds.split(",")]:
         for mode in modes:
-            summary = run_one(mode, MODES[mode] + args.set, seed, out_dir)
+            config = ["-c", args.config] if args.config else []
+            summary = run_one(mode, MODES[mode] + args.set + config, seed, out_dir)
             if summary and not summary.get("failed"):
                 summary |= medians(out_dir / f"{mode}-s{seed}")
             results[(mode, seed)] = summary

@@ -16,7 +16,9 @@ train, weight sync); TRL's optimizer step from on_step_begin to on_step_end (gen
 every micro-batch's forward/backward, optimizer). The report goes to
 benchmarks/results/trl_side_by_side_<workload>.md; a run shorter than the workload's default
 is a smoke run, as is one with --override (a smaller model, say): its report is marked so and
-stays in the run folder unless --out says otherwise.
+stays in the run folder unless --out says otherwise. With --model, both sides start from that
+folder instead of the one the config builds (the report names it; not a smoke run): a model of
+the config's shape built elsewhere, when building it here would take longer than the comparison.
 """
 
 from __future__ import annotations
@@ -784,6 +786,11 @@ def main() -> int:
         help="appended to the workload's overrides, e.g. a smaller model for a smoke run "
         "(repeatable; makes the run a smoke run)",
     )
+    p.add_argument(
+        "--model",
+        help="policy folder both sides start from (default: the config's model, built and cached "
+        "as `rlhf train` does); the report names it",
+    )
     p.add_argument("--trl-venv", default=str(TRL_VENV))
     args = p.parse_args()
     w = WORKLOADS[args.workload]
@@ -796,7 +803,8 @@ def main() -> int:
     bench_dir.mkdir(parents=True, exist_ok=True)
 
     python = ensure_trl_venv(Path(args.trl_venv))
-    cfg, overrides = make_config(w, iterations + warmup, args.override)
+    model_override = [f"model.path={Path(args.model).resolve()}"] if args.model else []
+    cfg, overrides = make_config(w, iterations + warmup, [*model_override, *args.override])
     task, model_path, tokenizer = prepare(cfg)
     job = trl_job(cfg, model_path, task, tokenizer)
     job_file = bench_dir / "trl_job.json"
@@ -859,10 +867,12 @@ def prepare(cfg: Config):
     from transformers import AutoTokenizer
 
     from rlhf.data.tasks import make_task
+    from rlhf.learner_ranks import resolve_learner_ranks
     from rlhf.models.default_model import prepare_model
 
     model_path = prepare_model(cfg)
     print(f"[bench] policy folder: {model_path}", flush=True)
+    resolve_learner_ranks(cfg, model_path)  # as our run will, for the settings table
     return make_task(cfg.task), model_path, AutoTokenizer.from_pretrained(model_path)
 
 

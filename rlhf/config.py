@@ -25,7 +25,11 @@ __all__ = ["Config", "ConfigError", "Section", "load_config", "build_config", "d
 
 # ---------------------------------------------------------------- topology: read it in one block
 class PoolConfig(Section):
-    workers: int = Field(1, ge=0, description="Ray actors in this pool")
+    workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        1,
+        description="Ray actors in this pool; 'auto' (the learner only): chosen from the model "
+        "and the machine when the run starts (rlhf.learner_ranks)",
+    )
     num_cpus: float = Field(1.0, ge=0, description="Ray CPUs reserved per actor")
     num_gpus: float = Field(0.0, ge=0, description="Ray GPUs reserved per actor")
     colocated: bool = Field(
@@ -53,8 +57,10 @@ POOLS = ("rollout", "learner", "reference", "reward", "critic")
 class TopologyConfig(Section):
     # Two of each, taking turns on the cores: the fastest shape measured on the embedded
     # default (benchmarks/results/speed_modes.md), as processes beat threads on small matrices.
+    # The learner's rank count follows the model: two ranks on CPU for small models, one for
+    # big ones, where two are no faster and hold two copies (rlhf.learner_ranks).
     rollout: PoolConfig = PoolConfig(workers=2)
-    learner: PoolConfig = PoolConfig(workers=2)
+    learner: PoolConfig = PoolConfig(workers="auto")
     reference: PoolConfig = PoolConfig(workers=1, num_cpus=0.5)
     reward: PoolConfig = PoolConfig(workers=1, num_cpus=0.5)
     critic: PoolConfig = Field(
@@ -96,8 +102,14 @@ class TopologyConfig(Section):
 
     @model_validator(mode="after")
     def _at_least_one(self) -> TopologyConfig:
+        for pool in POOLS:
+            if pool != "learner" and getattr(self, pool).workers == "auto":
+                raise ValueError(
+                    f"topology.{pool}.workers: 'auto' is for topology.learner only; give a number"
+                )
         for pool in ("rollout", "learner", "reward"):
-            if getattr(self, pool).workers < 1:
+            workers = getattr(self, pool).workers
+            if workers != "auto" and workers < 1:
                 raise ValueError(f"topology.{pool}.workers must be >= 1")
         return self
 

@@ -83,6 +83,11 @@ class Trainer:
         `rlhf train` runs before it makes the run folder); None: decided here."""
         from transformers import AutoTokenizer
 
+        from rlhf.learner_ranks import resolve_learner_ranks
+
+        ranks = resolve_learner_ranks(cfg, model_path)  # before config.yaml: resumes keep it
+        if ranks:
+            print(f"[rlhf] {ranks}", flush=True)
         self.cfg = cfg
         self.run_dir = run_dir
         self.model_path = model_path

@@ -156,7 +156,8 @@ def test_threads_at_once_counts_disaggregated_pools_and_one_colocated_turn():
 
     cores = len(os.sched_getaffinity(0))
     assert threads_at_once(load_config(None), False) == cores  # the default takes turns
-    apart = load_config(None, ["topology.colocate_all=false"])
+    # (the learner's rank count as a run resolves it for the 1M default: rlhf.learner_ranks)
+    apart = load_config(None, ["topology.colocate_all=false", "topology.learner.workers=2"])
     assert threads_at_once(apart, uses_reference=True) == 2 + 2 + 1 + 1
     mixed = load_config(None, ["topology.colocate_all=false", "topology.learner.colocated=true"])
     assert threads_at_once(mixed, uses_reference=False) == 2 + 1 + cores

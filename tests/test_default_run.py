@@ -76,6 +76,9 @@ def test_default_run_learns_and_saves_a_loadable_policy(tmp_path):
         for key in ("reward/mean", "reward/std", "loss/total", "rollout/tokens", *PHASES):
             assert key in r, key
     assert "rise:" in proc.stdout  # the run shows its own result
+    # topology.learner.workers=auto: the 1M default gets two ranks, said on the console and
+    # kept as a number in the run's config (a resume gets the same ranks)
+    assert "[rlhf] learner ranks: 2 (topology.learner.workers=auto" in proc.stdout
     assert_quiet_console(proc.stdout, proc.stderr, run)
     assert summary["reward/rise"] >= MIN_RISE, summary
     assert summary["eval/greedy_rise"] >= MIN_GREEDY_RISE, summary
@@ -93,6 +96,7 @@ def test_default_run_learns_and_saves_a_loadable_policy(tmp_path):
     # with the task's own reward (what the run's evaluation uses), scores what vLLM measured
     # at the end of the run.
     cfg = load_config(run / "config.yaml")
+    assert cfg.topology.learner.workers == 2
     task = make_task(cfg.task)
     prompts = task.eval_prompts[: cfg.run.eval_prompts]
     reward = BUILTIN_REWARDS[task.default_reward]

@@ -9,14 +9,16 @@ import os
 from rlhf.config import TopologyConfig
 
 
-def compute_threads(role: str, topology: TopologyConfig) -> int:
+def compute_threads(role: str, topology: TopologyConfig, workers: int | None = None) -> int:
     """Threads an actor of pool `role` computes with. A colocated pool takes its turn alone on
     the cores it shares with the other colocated pools, so its actors use all of them between
     them; a pool that may run at the same time as others keeps to its Ray reservation, so
-    none oversubscribes the cores."""
+    none oversubscribes the cores. `workers`: the pool's actors, where the caller knows
+    better than the config (a DeepSpeed group's size)."""
     pool = getattr(topology, role)
     if topology.is_colocated(role):  # the pool's actors compute together: they split them
-        return max(1, colocated_cores(topology) // max(pool.workers, 1))
+        actors = workers if workers is not None else pool.workers
+        return max(1, colocated_cores(topology) // max(actors, 1))
     return max(1, math.ceil(pool.num_cpus))
 
 
@@ -25,12 +27,14 @@ def colocated_cores(topology: TopologyConfig) -> int:
     return topology.colocated_threads or len(os.sched_getaffinity(0))
 
 
-def setup_worker_process(role: str, topology: TopologyConfig, seed: int) -> int:
+def setup_worker_process(
+    role: str, topology: TopologyConfig, seed: int, workers: int | None = None
+) -> int:
     """Threads follow the topology (RLHF_TORCH_THREADS overrides); logs go to the Ray worker
     log with a prefix. Returns the thread count."""
     import torch
 
-    threads = int(os.environ.get("RLHF_TORCH_THREADS", compute_threads(role, topology)))
+    threads = int(os.environ.get("RLHF_TORCH_THREADS", compute_threads(role, topology, workers)))
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -32,7 +32,8 @@ class DeepSpeedWorker(WorkerIdentity, ABC):
     role: ClassVar[str]  # "learner" | "critic": its config section, pool and metric prefix
 
     def __init__(self, cfg: Config, rank: int, world_size: int, model_path: str) -> None:
-        setup_worker_process(self.role, cfg.topology, cfg.run.seed)
+        # the ranks split the cores by the group's real size (the config may say 'auto')
+        setup_worker_process(self.role, cfg.topology, cfg.run.seed, world_size)
         self.cfg = cfg
         self.rank, self.world_size = rank, world_size
         self.name = f"{self.role}-{rank}"
