@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # measure this checkout's `rlhf`, whatever the venv has installed
 
 from rlhf.config import Config, load_config  # noqa: E402
+from rlhf.learner_ranks import model_parameters  # noqa: E402
 from rlhf.models.dtypes import pool_dtype  # noqa: E402
 
 TRL_VENV = ROOT / "benchmarks" / ".venv-trl"
@@ -550,17 +551,6 @@ def _threads(cfg: Config, pool: str) -> int:
     return compute_threads(pool, cfg.topology)
 
 
-def parameter_count(folder: str) -> int:
-    from safetensors import safe_open
-
-    total = 0
-    for f in Path(folder).glob("*.safetensors"):
-        with safe_open(str(f), "pt") as st:
-            for name in st.keys():
-                total += math.prod(st.get_slice(name).get_shape())
-    return total
-
-
 def machine() -> str:
     model = platform.processor() or platform.machine()
     try:
@@ -840,7 +830,7 @@ def main() -> int:
         "length_check": check_lengths(cfg, o, t),
         "task_tokens": task.max_new_tokens,
         "eval_reward": task.default_reward,
-        "parameters": parameter_count(model_path),
+        "parameters": model_parameters(model_path),
         "model_path": model_path,
         "eval_prompts": len(task.eval_prompts),
         "ours_internal": "{:.3f} -> {:.3f} on {} prompts".format(
