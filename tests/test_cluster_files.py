@@ -60,7 +60,10 @@ def test_the_rayjob_fits_the_config_it_runs():
 
 
 def test_a_missing_custom_resource_is_named():
-    cfg = load_config(None, ["topology.rollout.resources={rollout_node: 1}"])
+    # (the learner's ranks as a run resolves 'auto' before placing: rlhf.learner_ranks)
+    cfg = load_config(
+        None, ["topology.rollout.resources={rollout_node: 1}", "topology.learner.workers=2"]
+    )
     problems = unplaceable([{"CPU": 64.0}], _pools(cfg))
     assert problems == ["a rollout worker needs {'CPU': 1.0, 'rollout_node': 1.0}; no node has that left"] * 2  # fmt: skip
 
