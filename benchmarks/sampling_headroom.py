@@ -58,8 +58,10 @@ def main() -> int:
             ids, n=n, max_new_tokens=budget, temperature=temperature, seed=args.seed
         )
         texts = [tokenizer.decode(c, skip_special_tokens=True) for c in gen.completion_ids]
-        columns = {k: [pr.columns[k] for pr in prompts for _ in range(n)] for k in ("answer",)}
-        scores = reward([pr.text for pr in prompts for _ in range(n)], texts, **columns)
+        repeated = [pr for pr in prompts for _ in range(n)]  # prompt-major, as generated
+        scores = reward(
+            [pr.text for pr in repeated], texts, answer=[pr.columns["answer"] for pr in repeated]
+        )
         return [sum(1 for s in scores[i * n : (i + 1) * n] if s == 1.0) for i in range(len(ids))]
 
     greedy, sampled = right(1, 0.0), right(args.samples, 1.0)

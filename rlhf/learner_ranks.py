@@ -13,10 +13,10 @@ On GPUs a rank needs a device of its own: auto gives one, and more is the user's
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 from rlhf.config import Config
+from rlhf.workers.common import colocated_cores
 
 # Above this many parameters one CPU rank is as fast as two with less memory (a round number
 # between the 11M and 104M measurements; near it the two differ by a few percent).
@@ -65,7 +65,7 @@ def resolve_learner_ranks(cfg: Config, model_path: str) -> str | None:
     learner = cfg.topology.learner
     if learner.workers != "auto":
         return None
-    cores = cfg.topology.colocated_threads or len(os.sched_getaffinity(0))
+    cores = colocated_cores(cfg.topology)
     ranks, why = auto_learner_ranks(model_parameters(model_path), cores, learner.num_gpus > 0)
     learner.workers = ranks
     return f"learner ranks: {ranks} (topology.learner.workers=auto: {why})"
