@@ -382,6 +382,21 @@ def plan_shards(
     return shards
 
 
+def weighted_units(batch: TrainBatch) -> TrainBatch:
+    """The batch without the units whose every loss weight is zero (dynamic sampling's
+    dropped groups, units with no valid reward): every loss is a weighted sum, so they add
+    nothing to any gradient or weighted metric, and computing them is waste. The whole batch
+    when no unit has weight (the iteration then trains nothing)."""
+    weight_cols = [n for n in batch.columns if COLUMNS[n].loss_weight]
+    if not weight_cols:
+        return batch
+    per_row = sum(np.abs(batch[n]).reshape(len(batch), -1).sum(1) for n in weight_cols)
+    keep = np.isin(batch.units, batch.units[per_row > 0])
+    if keep.all() or not keep.any():
+        return batch
+    return batch.select(np.flatnonzero(keep))
+
+
 def padding_fraction(shards: list[Shard]) -> float:
     """The share of the token slots the planned micro-batches compute (rows x longest row
     each) that hold no real token: right padding, and filler rows (whose copied tokens are

@@ -29,7 +29,14 @@ import numpy as np
 
 from rlhf.algorithms import make_algorithm
 from rlhf.algorithms.base import STAGE_COLUMNS
-from rlhf.batch import Shard, TrainBatch, collate_rollouts, padding_fraction, plan_shards
+from rlhf.batch import (
+    Shard,
+    TrainBatch,
+    collate_rollouts,
+    padding_fraction,
+    plan_shards,
+    weighted_units,
+)
 from rlhf.checkpoint import (
     RunState,
     checkpoint_dir,
@@ -211,6 +218,9 @@ class Trainer:
         skip = float(batch["loss_weights"].sum()) == 0.0
         record["train/skipped"] = float(skip)
         train_policy = not algo.critic_only(it) and not skip
+        # units with no loss weight (e.g. dropped flat groups) add nothing: not computed
+        batch, full_rows = weighted_units(batch), len(batch)
+        record["batch/trained_row_fraction"] = 0.0 if skip else len(batch) / max(full_rows, 1)
         learner_plan = self._plan(batch, self.pools.learner, cfg.learner)
         # what the learner computes (or would, on an iteration it skips) that is padding
         record["batch/padding_fraction"] = padding_fraction(learner_plan)

@@ -14,6 +14,7 @@ from rlhf.batch import (
     row_micro_batches,
     scatter_rows,
     split_unit_ids,
+    weighted_units,
 )
 
 
@@ -258,3 +259,19 @@ def test_row_micro_batches_cover_every_row_once_within_both_limits():
             if budget is not None and len(rows) > 1:
                 assert len(rows) * lengths[rows].max() <= budget
     assert [p.tolist() for p in row_micro_batches(np.array([5, 1, 7]), 64, 10)] == [[2], [0, 1]]
+
+
+def test_weighted_units_leave_out_units_with_no_loss_weight_and_keep_partial_ones():
+    batch = make_batch([0, 0, 1, 1, 2, 2])
+    w = batch["loss_weights"]
+    w[2:4] = 0.0  # unit 1: dropped (a flat group)
+    w[4] = 0.0  # unit 2: one row without weight (a masked truncation) -> the unit stays
+    kept = weighted_units(batch)
+    assert kept.units.tolist() == [0, 0, 2, 2]
+    np.testing.assert_array_equal(kept["input_ids"], batch["input_ids"][[0, 1, 4, 5]])
+    # the weights it keeps are the batch's: the loss (a weighted sum) is unchanged
+    assert kept["loss_weights"].sum() == pytest.approx(w.sum())
+    # nothing left out when every unit has weight, or when none has (nothing trains)
+    assert len(weighted_units(make_batch([0, 0, 1]))) == 3
+    batch["loss_weights"] = np.zeros_like(w)
+    assert len(weighted_units(batch)) == 6

@@ -417,23 +417,29 @@ def test_grpo_against_the_reward_model_alone(trained_rm, tmp_path):
         summary["eval/greedy_reward_after"],
     )
 
-    # Greedy completions on held-out prompts, scored by the reward model: the trained policy's
-    # score exceeds the starting policy's on the same prompts by more than 3 standard errors
-    # of the per-prompt differences (a paired test; its noise is which prompts are used).
+    # Greedy completions on held-out prompts, scored by the reward model, the starting policy
+    # against the trained one on the same prompts. A sign test on the prompts whose completion
+    # changed: under "no preference" each is scored higher with probability 1/2, so the count
+    # scored higher exceeds n/2 by more than 3 binomial standard errors (sqrt(n)/2) only by
+    # learning. (The mean difference is heavy-tailed, a few prompts gain 1-2 points: its
+    # t-statistic went from 5.7 on one machine to 2.7 on another, while the signs held.)
     prompts = [p.text for p in make_task(Config().task).eval_prompts[:EVAL_PROMPTS]]
     scorer = RewardModelScorer(folder)
-    scores = []
+    scores, completions = [], []
     for path in (prepare_model(Config()), str(run / "final")):
         policy = AutoModelForCausalLM.from_pretrained(path).eval()
-        completions = greedy_completions(policy, AutoTokenizer.from_pretrained(path), prompts, 4)
-        scores.append(np.array(scorer(prompts, completions)))
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        completions.append(greedy_completions(policy, tokenizer, prompts, 4))
+        scores.append(np.array(scorer(prompts, completions[-1])))
     diff = scores[1] - scores[0]
-    standard_error = diff.std(ddof=1) / math.sqrt(len(diff))
+    changed = np.array([a != b for a, b in zip(*completions, strict=True)])
+    n, higher = int(changed.sum()), int((diff[changed] > 0).sum())
     print(
         f"reward-model score of greedy completions: {scores[0].mean():.3f} -> "
-        f"{scores[1].mean():.3f} (standard error {standard_error:.3f})"
+        f"{scores[1].mean():.3f}; {n} of {len(prompts)} changed, {higher} scored higher"
     )
-    assert diff.mean() > 3 * standard_error
+    assert n >= 30, "the policy barely moved"
+    assert higher - n / 2 > 3 * math.sqrt(n) / 2
 
 
 def test_cli_reports_an_unusable_reward_model_before_starting_anything(tmp_path, capsys):
