@@ -42,7 +42,7 @@ def default_batch(cfg: Config, model_path: str, seed: int = 0) -> TrainBatch:
     rng = np.random.default_rng(seed)
     task = make_task(cfg.task)
     prompts = task.sample_train(cfg.rollout.prompts_per_iteration, seed=seed)
-    n = cfg.rollout.samples_per_prompt
+    n = cfg.samples_per_prompt()
     digits = [tok(str(d)).input_ids[-1] for d in range(10)]
     prompt_ids = [tok(p.text).input_ids for p in prompts for _ in range(n)]
     completions = [

@@ -5,7 +5,7 @@ One `LearnerWorker` (the real DeepSpeed engine on a one-rank gloo group, ZeRO-2)
 its own per setting, on a model of at least 10M parameters built locally (Llama family, vocab
 512), trains GRPO on a batch of `--rows` rows whose prompts and completions have the lengths
 given (each row's lengths vary by +-25% around them, as sampled answers do). Memory is the
-process's peak resident set during the measured steps (`rlhf.memory`, VmHWM reset after the
+process's peak resident set during the measured steps (`rlhf.telemetry.memory`, VmHWM reset after the
 warm-up step), the model and optimizer included. Each setting runs `--reps` steps after one
 warm-up; the table gives the median.
 
@@ -30,8 +30,8 @@ import torch
 from rlhf.algorithms import make_algorithm
 from rlhf.batch import TrainBatch, collate_rollouts, plan_shards
 from rlhf.config import load_config
-from rlhf.memory import process_memory
 from rlhf.sync.group import free_port
+from rlhf.telemetry.memory import process_memory
 from rlhf.types import Rollout
 
 MODEL = dict(hidden_size=384, num_layers=6, num_heads=6, num_kv_heads=2, intermediate_size=1536)

@@ -345,7 +345,7 @@ def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workloads", nargs="+", default=["default", "long"])
     ap.add_argument("--prompts", type=int, default=cfg.rollout.prompts_per_iteration)
-    ap.add_argument("--samples", type=int, default=cfg.rollout.samples_per_prompt)
+    ap.add_argument("--samples", type=int, default=cfg.samples_per_prompt())
     ap.add_argument("--long-tokens", type=int, default=64)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--gap", type=float, default=1.5, help="s of idle before each call")
@@ -354,13 +354,13 @@ def parse_args() -> argparse.Namespace:
 
 
 def main() -> None:
-    from rlhf.cluster import connect
+    from rlhf.runtime.cluster import connect
 
     args = parse_args()
     facts = machine_facts()
     workloads = make_workloads(args.workloads, args.prompts, args.samples, args.long_tokens)
     ray_workers_at_our_niceness()  # else the worker side runs at nice +15 (see benchlib)
-    connect(workloads[0].cfg, uses_reference=False)  # the local cluster a run starts
+    connect(workloads[0].cfg)  # the local cluster a run starts
     runs = []
     for w in workloads:
         runs.append((w, measure(w, args.reps, args.gap)))

@@ -43,8 +43,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # measure this checkout's `rlhf`, whatever the venv has installed
 
 from rlhf.config import Config, load_config  # noqa: E402
-from rlhf.learner_ranks import model_parameters  # noqa: E402
 from rlhf.models.dtypes import pool_dtype  # noqa: E402
+from rlhf.runtime.learner_ranks import model_parameters  # noqa: E402
 
 TRL_VENV = ROOT / "benchmarks" / ".venv-trl"
 RUNNER = ROOT / "benchmarks" / "trl_grpo_runner.py"
@@ -217,7 +217,7 @@ def check_comparable(cfg: Config) -> None:
         problems.append(f"reward: one of {', '.join(TRL_REWARDS)} alone, weight 1")
     if cfg.reward.models:
         problems.append("no reward models")
-    batch = cfg.rollout.prompts_per_iteration * cfg.rollout.samples_per_prompt
+    batch = cfg.rollout.prompts_per_iteration * cfg.samples_per_prompt()
     if batch % learner.micro_batch_size:
         problems.append("micro_batch_size must divide the batch")
     if problems:
@@ -345,7 +345,7 @@ def greedy_scores(folders: dict[str, str], task) -> dict[str, float]:
     """One evaluator for every policy: transformers greedy decoding (batched, fp32; chat prompts
     through the chat template), the task's answer budget, its reward (the addition task's exact
     match, the word problems' final_number), all held-out prompts."""
-    from rlhf.eval import greedy_accuracy
+    from rlhf.models.generation import greedy_accuracy
     from rlhf.rewards.builtin import BUILTIN_REWARDS
 
     reward = BUILTIN_REWARDS[task.default_reward]
@@ -358,7 +358,7 @@ def greedy_scores(folders: dict[str, str], task) -> dict[str, float]:
 def side_numbers(
     seconds: list[float], generate: list[float], rewards: list[float], warmup: int
 ) -> dict[str, float]:
-    from rlhf.metrics import mean_over
+    from rlhf.telemetry.metrics import mean_over
 
     timed, timed_gen = seconds[warmup:], generate[warmup:]
     history = [{"r": r} for r in rewards]
@@ -530,7 +530,7 @@ def settings_rows(
         (
             "threads",
             f"rollout {_threads(cfg, 'rollout')}, learner {_threads(cfg, 'learner')} per actor "
-            f"({'colocated: pools take turns' if cfg.topology.colocate_all else 'pools at once'})",
+            f"({'colocated: pools take turns' if cfg.is_colocated('learner') else 'pools at once'})",
             f"{trl_threads} (one process)",
             "see notes",
         ),
@@ -548,7 +548,7 @@ def _threads(cfg: Config, pool: str) -> int:
     """The torch threads each actor of our pool computes with (rlhf.workers.common)."""
     from rlhf.workers.common import compute_threads
 
-    return compute_threads(pool, cfg.topology)
+    return compute_threads(pool, cfg)
 
 
 def machine() -> str:
@@ -686,7 +686,7 @@ def write_report(path: Path, text: str) -> None:
 
 def report(ctx: dict[str, Any]) -> str:
     cfg, w, smoke = ctx["cfg"], ctx["workload"], ctx["smoke"]
-    samples = cfg.rollout.samples_per_prompt
+    samples = cfg.samples_per_prompt()
     head = f"# Ours vs TRL GRPOTrainer: `{ctx['name']}` workload\n\n"
     if smoke:
         changed = ", settings overridden" if ctx["extra_overrides"] else ""
@@ -706,7 +706,7 @@ def report(ctx: dict[str, Any]) -> str:
         "Seconds per iteration: ours `time/iteration` (generate, reward, train, weight sync; "
         "the loop is synchronous); TRL's optimizer step from `on_step_begin` to `on_step_end` "
         "(generate, reward, forward/backward of every micro-batch, clip, optimizer). " + warmup,
-        "Greedy accuracy: one evaluator (`rlhf.eval.greedy_accuracy`: transformers greedy, fp32, "
+        "Greedy accuracy: one evaluator (`rlhf.models.generation.greedy_accuracy`: transformers greedy, fp32, "
         f"{cfg.task.name} answer budget of {ctx['task_tokens']} tokens, stops at EOS, reward "
         f"`{ctx['eval_reward']}`) on all "
         f"{ctx['eval_prompts']} held-out prompts, on the initial folder and both final folders. "
@@ -808,7 +808,7 @@ def main() -> int:
         {"initial": model_path, "ours": ours["summary"]["final_model"], "trl": trl["final_model"]},
         task,
     )
-    rows = cfg.rollout.prompts_per_iteration * cfg.rollout.samples_per_prompt
+    rows = cfg.rollout.prompts_per_iteration * cfg.samples_per_prompt()
     o, t = our_numbers(ours, warmup), trl_numbers(trl, warmup, rows)
     summary = ours["summary"]
     ctx = {
@@ -857,8 +857,8 @@ def prepare(cfg: Config):
     from transformers import AutoTokenizer
 
     from rlhf.data.tasks import make_task
-    from rlhf.learner_ranks import resolve_learner_ranks
     from rlhf.models.default_model import prepare_model
+    from rlhf.runtime.learner_ranks import resolve_learner_ranks
 
     model_path = prepare_model(cfg)
     print(f"[bench] policy folder: {model_path}", flush=True)

@@ -1,7 +1,7 @@
 """The supervised warm start's learning curve: greedy held-out accuracy every N steps.
 
 Builds the config's tiny model from scratch (as `rlhf train` does on a cache miss), runs the
-real `rlhf.warmstart.warm_start` with its config, and every `--every` steps evaluates greedy
+real `rlhf.models.warm_start.warm_start` with its config, and every `--every` steps evaluates greedy
 accuracy on the first `--eval-prompts` held-out prompts with the task's reward (transformers
 greedy, fp32) and prints one row; the evaluations' time is left out of the seconds. With
 `--out`, the table (and the command) is written after every row; with `--keep`, each
@@ -30,10 +30,10 @@ sys.path.insert(0, str(ROOT))
 
 from rlhf.config import load_config  # noqa: E402
 from rlhf.data.tasks import make_task  # noqa: E402
-from rlhf.eval import greedy_accuracy  # noqa: E402
 from rlhf.models.default_model import build_untrained  # noqa: E402
+from rlhf.models.generation import greedy_accuracy  # noqa: E402
+from rlhf.models.warm_start import bfloat16_autocast, warm_start  # noqa: E402
 from rlhf.rewards.builtin import BUILTIN_REWARDS  # noqa: E402
-from rlhf.warmstart import bfloat16_autocast, warm_start  # noqa: E402
 
 
 def main() -> int:

@@ -46,6 +46,7 @@ class RunState:
     batches_lines: int  # batches.jsonl lines, the same way (run.record_batches)
     eval_before: float | None  # the greedy reward before training, for the summary
     algorithm: dict[str, Any] = field(default_factory=dict)  # e.g. an adaptive KL coefficient
+    learner_ranks: int | None = None  # the DeepSpeed ranks that wrote it (a resume needs as many)
 
     def write(self, folder: Path) -> None:
         (folder / STATE_FILE).write_text(json.dumps(asdict(self), indent=2))

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         if resume and args.config:
             raise ConfigError("--resume uses the run's own config.yaml: give overrides only")
         if resume:
-            from rlhf.train import resume_config
+            from rlhf.run.train import resume_config
 
             cfg, checkpoint = resume_config(resume, args.overrides)
         else:
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         return _eval(cfg, args)
     if args.command == "train-rm":
         return _train_rm(cfg)
-    from rlhf.train import format_summary, train
+    from rlhf.run.train import format_summary, train
 
     try:
         summary = train(cfg, checkpoint)
@@ -131,7 +131,7 @@ def _scale(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from rlhf.config import RunConfig
-    from rlhf.control import ControlError, parse_sizes, request_scale
+    from rlhf.runtime.control import ControlError, parse_sizes, request_scale
 
     run_dir = Path(args.run)
     if not run_dir.is_dir():
@@ -152,8 +152,7 @@ def _scale(args: argparse.Namespace) -> int:
 def _serve_reward(args: argparse.Namespace) -> int:
     import zmq
 
-    from rlhf.preflight import launch_dir_importable
-    from rlhf.rewards.scoring import resolve_reward_function
+    from rlhf.rewards.scoring import launch_dir_importable, resolve_reward_function
     from rlhf.rewards.service import RewardService, token_for_serving
 
     names = [n.strip() for n in args.functions.split(",") if n.strip()]
@@ -189,7 +188,7 @@ def _serve_reward(args: argparse.Namespace) -> int:
 def served_models(spec: str) -> dict[str, object]:
     """`--models a=/rm1,b=/rm2` as reward functions by name; errors name the flag."""
     from rlhf.config import RewardModelConfig
-    from rlhf.rewards.reward_model import RewardModelScorer
+    from rlhf.rewards.reward_model_scorer import RewardModelScorer
 
     defaults = RewardModelConfig(path="")
     out: dict[str, object] = {}
@@ -209,9 +208,9 @@ def served_models(spec: str) -> dict[str, object]:
 def _eval(cfg, args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from rlhf.evaluation.winrate import evaluate_win_rate
     from rlhf.models.default_model import prepare_model
-    from rlhf.preflight import check_before_start
-    from rlhf.winrate import evaluate_win_rate
+    from rlhf.run.preflight import check_before_start
 
     try:
         task = check_before_start(cfg)

@@ -13,7 +13,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from rlhf.algorithms import ALGORITHMS, AlgorithmConfig
+from rlhf.algorithms import ALGORITHMS, Algorithm, AlgorithmConfig
+from rlhf.algorithms.base import started_pools
 from rlhf.algorithms.grpo import GRPOConfig
 from rlhf.configbase import ConfigError, Section
 from rlhf.models.dtypes import DtypeChoice
@@ -28,7 +29,7 @@ class PoolConfig(Section):
     workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
         1,
         description="Ray actors in this pool; 'auto' (the learner only): chosen from the model "
-        "and the machine when the run starts (rlhf.learner_ranks)",
+        "and the machine when the run starts (rlhf.runtime.learner_ranks)",
     )
     num_cpus: float = Field(1.0, ge=0, description="Ray CPUs reserved per actor")
     num_gpus: float = Field(0.0, ge=0, description="Ray GPUs reserved per actor")
@@ -58,7 +59,7 @@ class TopologyConfig(Section):
     # Two of each, taking turns on the cores: the fastest shape measured on the embedded
     # default (benchmarks/results/speed_modes.md), as processes beat threads on small matrices.
     # The learner's rank count follows the model: two ranks on CPU for small models, one for
-    # big ones, where two are no faster and hold two copies (rlhf.learner_ranks).
+    # big ones, where two are no faster and hold two copies (rlhf.runtime.learner_ranks).
     rollout: PoolConfig = PoolConfig(workers=2)
     learner: PoolConfig = PoolConfig(workers="auto")
     reference: PoolConfig = PoolConfig(workers=1, num_cpus=0.5)
@@ -93,12 +94,6 @@ class TopologyConfig(Section):
                 default = cls.model_fields[pool].default.model_dump()
                 out[pool] = {**default, **given}
         return out
-
-    def is_colocated(self, pool: str) -> bool:
-        return self.colocate_all or getattr(self, pool).colocated
-
-    def colocated_pools(self) -> list[str]:
-        return [p for p in POOLS if self.is_colocated(p)]
 
     @model_validator(mode="after")
     def _at_least_one(self) -> TopologyConfig:
@@ -223,7 +218,12 @@ class RolloutConfig(Section):
     engine: Literal["vllm", "hf"] = "vllm"
     dtype: DtypeChoice | None = _pool_dtype()
     prompts_per_iteration: int = Field(64, gt=0)
-    samples_per_prompt: int = Field(8, gt=0)
+    samples_per_prompt: int | None = Field(
+        None,
+        gt=0,
+        description="samples of each prompt; None: the algorithm's (8; 2 where it fixes the "
+        "shape: nash_md, ipo_md with mixture_samples 'one')",
+    )
     max_new_tokens: int = Field(4, gt=0)
     ignore_eos: bool = Field(
         False,
@@ -512,14 +512,14 @@ class Config(Section):
     @model_validator(mode="after")
     def _consistent(self) -> Config:
         self.algorithm.check(self)
-        needs = ALGORITHMS[self.algorithm.name](self.algorithm, self.rollout.max_new_tokens).needs
-        if "ref_logprobs" in needs and self.topology.reference.workers < 1:
+        needs = self.make_algorithm().needs
+        if "reference" in started_pools(needs) and self.topology.reference.workers < 1:
             raise ValueError(
                 f"topology.reference.workers must be >= 1: {self.algorithm.name} with "
                 f"beta={self.algorithm.beta} uses the reference model"
             )
         self._check_overlap()
-        n = self.rollout.samples_per_prompt
+        n = self.samples_per_prompt()
         for section in ("learner", "critic"):
             if getattr(self, section).micro_batch_size < n:
                 raise ValueError(
@@ -531,20 +531,49 @@ class Config(Section):
 
     def _check_overlap(self) -> None:
         """Asynchronous generation runs the rollout pool beside every other pool, so none
-        may take all the cores in its turn. The off-policy correction's cap follows the mode."""
+        may take all the cores in its turn."""
         k = self.rollout.max_staleness
-        if self.topology.colocate_all is None:
-            self.topology.colocate_all = k == 0
-        colocated = self.topology.colocated_pools()
+        colocated = self.colocated_pools()
         if k > 0 and colocated:
             raise ValueError(
                 f"rollout.max_staleness={k} generates while the other pools work, so no pool can "
                 f"take turns on shared cores: set topology.{{{', '.join(colocated)}}}.colocated "
                 "to false, or rollout.max_staleness to 0"
             )
-        if getattr(self.algorithm, "importance_sampling_cap", 0.0) is None:
-            self.algorithm.importance_sampling_cap = STALE_IMPORTANCE_CAP if k > 0 else 0.0
 
+    # Resolved choices: methods, so the fields keep what the user wrote (config.yaml records
+    # it, and a resume with an override is a fresh validation of it).
+    def is_colocated(self, pool: str) -> bool:
+        """Whether `pool` takes turns on the cores it shares with the other colocated pools:
+        its own flag, or `topology.colocate_all` (unset: when generation is synchronous)."""
+        every = self.topology.colocate_all
+        if every is None:
+            every = self.rollout.max_staleness == 0
+        return every or getattr(self.topology, pool).colocated
+
+    def colocated_pools(self) -> list[str]:
+        return [p for p in POOLS if self.is_colocated(p)]
+
+    def samples_per_prompt(self) -> int:
+        """`rollout.samples_per_prompt`, or unset, the shape the algorithm fixes (nash_md:
+        one sample from the policy, one from the mixture) or 8."""
+        if self.rollout.samples_per_prompt is not None:
+            return self.rollout.samples_per_prompt
+        return getattr(self.algorithm, "fixed_samples_per_prompt", None) or SAMPLES_PER_PROMPT
+
+    def make_algorithm(self) -> Algorithm:
+        """This config's algorithm, its unset choices resolved: the off-policy correction's
+        cap (unset: on for samples of an older policy, rollout.max_staleness > 0)."""
+        block = self.algorithm
+        if getattr(block, "importance_sampling_cap", 0.0) is None:
+            cap = STALE_IMPORTANCE_CAP if self.rollout.max_staleness > 0 else 0.0
+            block = block.model_copy(update={"importance_sampling_cap": cap})
+        return ALGORITHMS[block.name](block, self.rollout.max_new_tokens)
+
+
+# Samples of each prompt when neither the user nor the algorithm says: a group large enough
+# for group-relative advantages and best-vs-worst pairs, small enough for the CPU default.
+SAMPLES_PER_PROMPT = 8
 
 # The truncated importance weight's cap for samples of an older policy (asynchronous
 # generation): weights above 2 come from tokens the learner now finds far likelier than the

@@ -3,7 +3,7 @@ process through a real gloo sync group; after the sync, the engine's greedy outp
 equal plain transformers greedy generation with the perturbed weights (and must have
 differed before, so the check can fail).
 
-The learner sends `named_parameters` (what `rlhf.learner.export.manifest` lists): a tied
+The learner sends `named_parameters` (what `rlhf.training.export.manifest` lists): a tied
 output layer is the input embedding, sent once under the embedding's name.
 """
 

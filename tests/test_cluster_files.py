@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from rlhf.config import Config, load_config
-from rlhf.placement import unplaceable
+from rlhf.runtime.placement import unplaceable
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,7 +60,7 @@ def test_the_rayjob_fits_the_config_it_runs():
 
 
 def test_a_missing_custom_resource_is_named():
-    # (the learner's ranks as a run resolves 'auto' before placing: rlhf.learner_ranks)
+    # (the learner's ranks as a run resolves 'auto' before placing: rlhf.runtime.learner_ranks)
     cfg = load_config(
         None, ["topology.rollout.resources={rollout_node: 1}", "topology.learner.workers=2"]
     )

@@ -52,6 +52,16 @@ def test_yaml_then_overrides(tmp_path):
             r"critic\.max_tokens_per_micro_batch: .*greater than 0 \(got 0\)",
         ),
         ("algorithm.beta=0.1 algorithm.kl_estimator=k1", r"algorithm\.kl_estimator: k1 as a loss"),
+        ("algorithm.kl_in_reward=true", r"algorithm\.kl_in_reward: grpo puts the KL in the loss"),
+        (
+            "algorithm.name=reinforce_pp algorithm.kl_in_reward=false",
+            r"algorithm\.kl_in_reward: reinforce_pp puts the KL in the reward",
+        ),
+        (
+            "algorithm.name=rloo algorithm.beta=0.1 algorithm.kl_in_reward=false",
+            r"algorithm\.kl_estimator: k1 as a loss",
+        ),
+        ("algorithm.name=ppo algorithm.beta=-1", r"algorithm\.beta: .*greater than or equal to 0"),
     ],
 )
 def test_bad_values_name_the_field(override, expected):
@@ -89,6 +99,29 @@ def test_algorithm_blocks_are_chosen_by_name():
     assert load_config(None, ["topology.reference.workers=0"])  # the default beta is 0
 
 
+def test_every_registered_algorithm_is_chosen_by_its_name_with_its_own_defaults():
+    from rlhf.algorithms import REGISTERED
+
+    for cls in REGISTERED:  # each with every other setting default
+        cfg = load_config(None, [f"algorithm.name={cls.name}"])
+        assert type(cfg.algorithm) is cls.config, cls.name
+        # an unset samples_per_prompt follows the shape the algorithm fixes
+        assert cfg.samples_per_prompt() == (2 if cls.name == "nash_md" else 8), cls.name
+        assert cfg.rollout.samples_per_prompt is None  # and the field keeps what was asked
+    # one KL block, each algorithm's defaults: where the KL goes and how it is estimated
+    kl = {
+        name: (a.beta, a.kl_in_reward, a.kl_estimator)
+        for name in ("grpo", "rloo", "ppo", "reinforce_pp")
+        for a in [load_config(None, [f"algorithm.name={name}"]).algorithm]
+    }
+    assert kl == {
+        "grpo": (0.0, False, "k3"),
+        "rloo": (0.0, True, "k1"),
+        "ppo": (0.01, True, "k1"),
+        "reinforce_pp": (0.01, True, "k1"),
+    }
+
+
 def test_shipped_configs_load():
     from pathlib import Path
 
@@ -104,14 +137,19 @@ def test_shipped_configs_load():
 
 def test_scheduling_settings_are_checked_and_resolved():
     cfg = load_config(None, ["rollout.max_staleness=1"])
-    assert cfg.algorithm.importance_sampling_cap == 2.0  # stale samples are corrected
-    assert load_config(None).algorithm.importance_sampling_cap == 0.0  # synchronous: off
+    assert cfg.make_algorithm().cfg.importance_sampling_cap == 2.0  # stale samples corrected
+    assert load_config(None).make_algorithm().cfg.importance_sampling_cap == 0.0  # sync: off
     cfg = load_config(None, ["rollout.max_staleness=1", "algorithm.importance_sampling_cap=0"])
-    assert cfg.algorithm.importance_sampling_cap == 0.0  # an explicit choice stands
+    assert cfg.make_algorithm().cfg.importance_sampling_cap == 0.0  # an explicit choice stands
+    # resolved by methods: the fields keep what was written
+    assert cfg.algorithm.importance_sampling_cap == 0.0
+    assert load_config(None).algorithm.importance_sampling_cap is None
+    assert load_config(None).topology.colocate_all is None
     with pytest.raises(ConfigError, match=r"topology\.\{learner\}\.colocated"):
         load_config(None, ["rollout.max_staleness=2", "topology.learner.colocated=true"])
-    assert load_config(None).topology.colocate_all  # synchronous: every pool takes turns
-    assert not load_config(None, ["rollout.max_staleness=1"]).topology.colocate_all
+    synchronous = load_config(None)  # every pool takes turns
+    assert synchronous.colocated_pools() == ["rollout", "learner", "reference", "reward", "critic"]
+    assert load_config(None, ["rollout.max_staleness=1"]).colocated_pools() == []
     cfg = load_config(
         None,
         [
@@ -120,7 +158,7 @@ def test_scheduling_settings_are_checked_and_resolved():
             "topology.learner.colocated=true",
         ],
     )
-    assert cfg.topology.colocated_pools() == ["rollout", "learner"]
+    assert cfg.colocated_pools() == ["rollout", "learner"]
 
 
 def test_threads_follow_the_pools_turns():
@@ -129,7 +167,6 @@ def test_threads_follow_the_pools_turns():
     from rlhf.workers.common import compute_threads
 
     t = load_config(None, ["topology.colocate_all=false", "topology.reference.num_cpus=0.5"])
-    t = t.topology
     assert compute_threads("learner", t) == 1 and compute_threads("reference", t) == 1
     t = load_config(
         None,
@@ -140,24 +177,24 @@ def test_threads_follow_the_pools_turns():
             "topology.learner.num_cpus=0.5",
         ],
     )
-    assert compute_threads("learner", t.topology) == len(os.sched_getaffinity(0))
-    assert compute_threads("rollout", t.topology) == 1
+    assert compute_threads("learner", t) == len(os.sched_getaffinity(0))
+    assert compute_threads("rollout", t) == 1
     t = load_config(None, ["topology.rollout.workers=1", "topology.colocated_threads=4"])
-    assert compute_threads("rollout", t.topology) == 4
+    assert compute_threads("rollout", t) == 4
     t = load_config(None, ["topology.colocate_all=true", "topology.learner.workers=2"])
-    assert compute_threads("learner", t.topology) == max(1, len(os.sched_getaffinity(0)) // 2)
-    assert t.topology.colocated_pools() == ["rollout", "learner", "reference", "reward", "critic"]
+    assert compute_threads("learner", t) == max(1, len(os.sched_getaffinity(0)) // 2)
+    assert t.colocated_pools() == ["rollout", "learner", "reference", "reward", "critic"]
 
 
 def test_threads_at_once_counts_disaggregated_pools_and_one_colocated_turn():
     import os
 
-    from rlhf.cluster import threads_at_once
+    from rlhf.runtime.cluster import threads_at_once
 
     cores = len(os.sched_getaffinity(0))
-    assert threads_at_once(load_config(None), False) == cores  # the default takes turns
-    # (the learner's rank count as a run resolves it for the 1M default: rlhf.learner_ranks)
+    assert threads_at_once(load_config(None), set()) == cores  # the default takes turns
+    # (the learner's rank count as a run resolves it for the 1M default: rlhf.runtime.learner_ranks)
     apart = load_config(None, ["topology.colocate_all=false", "topology.learner.workers=2"])
-    assert threads_at_once(apart, uses_reference=True) == 2 + 2 + 1 + 1
+    assert threads_at_once(apart, {"ref_logprobs"}) == 2 + 2 + 1 + 1
     mixed = load_config(None, ["topology.colocate_all=false", "topology.learner.colocated=true"])
-    assert threads_at_once(mixed, uses_reference=False) == 2 + 1 + cores
+    assert threads_at_once(mixed, set()) == 2 + 1 + cores

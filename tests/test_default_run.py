@@ -76,8 +76,8 @@ def test_default_run_learns_and_saves_a_loadable_policy(tmp_path):
         for key in ("reward/mean", "reward/std", "loss/total", "rollout/tokens", *PHASES):
             assert key in r, key
     assert "rise:" in proc.stdout  # the run shows its own result
-    # topology.learner.workers=auto: the 1M default gets two ranks, said on the console and
-    # kept as a number in the run's config (a resume gets the same ranks)
+    # topology.learner.workers=auto: the 1M default gets two ranks, said on the console; the
+    # run's config keeps what was asked ('auto'), its checkpoints the count (for a resume)
     assert "[rlhf] learner ranks: 2 (topology.learner.workers=auto" in proc.stdout
     assert_quiet_console(proc.stdout, proc.stderr, run)
     assert summary["reward/rise"] >= MIN_RISE, summary
@@ -88,15 +88,15 @@ def test_default_run_learns_and_saves_a_loadable_policy(tmp_path):
 
     from rlhf.config import load_config
     from rlhf.data.tasks import make_task
-    from rlhf.eval import greedy_accuracy
     from rlhf.models.default_model import prepare_model
+    from rlhf.models.generation import greedy_accuracy
     from rlhf.rewards.builtin import BUILTIN_REWARDS
 
     # The saved policy, loaded by plain transformers, greedy on the run's held-out prompts
     # with the task's own reward (what the run's evaluation uses), scores what vLLM measured
     # at the end of the run.
     cfg = load_config(run / "config.yaml")
-    assert cfg.topology.learner.workers == 2
+    assert cfg.topology.learner.workers == "auto"
     task = make_task(cfg.task)
     prompts = task.eval_prompts[: cfg.run.eval_prompts]
     reward = BUILTIN_REWARDS[task.default_reward]

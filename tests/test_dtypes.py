@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from rlhf.config import ConfigError, LearnerConfig, RolloutConfig, load_config
-from rlhf.learner.deepspeed_setup import ds_config
 from rlhf.models.dtypes import device_kind, pool_choice, pool_dtype, resolve_dtype
+from rlhf.training.deepspeed_setup import ds_config
 
 POOLS = ("rollout", "learner", "reference", "critic", "reward_model_training")
 

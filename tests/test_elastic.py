@@ -20,9 +20,9 @@ import time
 import pytest
 import ray
 
-from rlhf.control import ControlError, parse_sizes, request_scale, take_scale_requests
-from rlhf.controller import Trainer
-from rlhf.remote import WorkerDied
+from rlhf.driver.trainer import Trainer
+from rlhf.runtime.control import ControlError, parse_sizes, request_scale, take_scale_requests
+from rlhf.runtime.remote import WorkerDied
 from tests.trainers import PROMPTS, SAMPLES, small_trainer
 
 

@@ -1,5 +1,5 @@
 """What a run evaluates with, or why it evaluates nothing, and a summary that stays valid JSON
-(rlhf/preflight.py, rlhf/controller.py `json_safe`, rlhf/train.py `format_summary`)."""
+(rlhf/run/preflight.py, rlhf/driver/trainer.py `json_safe`, rlhf/run/train.py `format_summary`)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import math
 import pytest
 
 from rlhf.config import ConfigError, load_config
-from rlhf.controller import json_safe
 from rlhf.data.prompt_files import make_prompts
-from rlhf.preflight import check_before_start, evaluation_skipped
-from rlhf.train import format_summary
+from rlhf.driver.trainer import json_safe
+from rlhf.evaluation.plan import evaluation_skipped
+from rlhf.run.preflight import check_before_start
+from rlhf.run.train import format_summary
 
 
 @pytest.fixture

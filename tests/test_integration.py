@@ -17,10 +17,10 @@ import ray
 import torch
 
 from rlhf.config import load_config
-from rlhf.controller import Trainer
 from rlhf.data.tasks import make_task
+from rlhf.driver.trainer import Trainer
 from rlhf.models.default_model import prepare_model
-from rlhf.remote import gather
+from rlhf.runtime.remote import gather
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from rlhf.config import ConfigError, load_config
+from rlhf.evaluation.winrate import Z_95, win_rate_from_probs
 from rlhf.rewards.judges import JudgeError, checked_probabilities, in_both_orders
-from rlhf.winrate import Z_95, win_rate_from_probs
 from rlhf.workers.reward import RewardWorker
 
 PROMPTS = ["1+2=", "3+4=", "5+5=", "9+0="]

@@ -26,8 +26,8 @@ from rlhf.algorithms import make_algorithm
 from rlhf.algorithms.base import ForwardOutput
 from rlhf.batch import TrainBatch, plan_shards
 from rlhf.config import Config, load_config
-from rlhf.learner.train_step import take_rows, to_tensors
 from rlhf.models.logprobs import model_token_logprobs, pad_rows
+from rlhf.training.train_step import take_rows, to_tensors
 from tests.rows import sampled_rows, tiny_model
 
 TEMPERATURE = 0.7

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rlhf.config import ConfigError, load_config
-from rlhf.learner_ranks import (
+from rlhf.runtime.learner_ranks import (
     TWO_CPU_RANKS_MAX_PARAMETERS,
     auto_learner_ranks,
     model_parameters,

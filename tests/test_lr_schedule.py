@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from rlhf.learner.deepspeed_setup import lr_factor
+from rlhf.training.deepspeed_setup import lr_factor
 
 
 def test_warmup_then_constant():

@@ -1,11 +1,11 @@
-"""Per-iteration memory of a process (rlhf/memory.py): the peak of the interval since the last
+"""Per-iteration memory of a process (rlhf/telemetry/memory.py): the peak of the interval since the last
 reading, not of the process's life, and each pool's largest worker."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from rlhf.memory import pool_memory, process_memory
+from rlhf.telemetry.memory import pool_memory, process_memory
 
 MIB = 2**20
 

@@ -64,7 +64,7 @@ def test_hf_engine_sync_then_greedy_matches_transformers(model_path):
 
 @pytest.fixture(scope="module")
 def training_group():
-    from rlhf.learner.deepspeed_setup import single_rank_group
+    from rlhf.training.deepspeed_setup import single_rank_group
 
     with single_rank_group("gloo"):
         yield
@@ -75,10 +75,10 @@ def test_learner_sends_the_names_the_engines_load_and_takes_a_step(model_path, t
     model's named parameters (what the sync checks above send), and one Adam step on a batch
     lowers that batch's loss."""
     from rlhf.config import LearnerConfig
-    from rlhf.learner import export
-    from rlhf.learner.deepspeed_setup import build_engine
     from rlhf.models.loading import load_policy
     from rlhf.models.logprobs import model_token_logprobs, pad_rows
+    from rlhf.training import export
+    from rlhf.training.deepspeed_setup import build_engine
 
     model = load_policy(model_path, gradient_checkpointing=False)
     names = [(name, tuple(p.shape)) for name, p in model.named_parameters()]

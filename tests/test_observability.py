@@ -8,11 +8,11 @@ import pytest
 
 from rlhf.cli import parse
 from rlhf.config import PoolConfig, load_config
-from rlhf.placement import PoolPlacement, bundle_of
-from rlhf.ray_metrics import readings
-from rlhf.remote import RemoteCallTimeout
-from rlhf.tensorboard_log import TensorBoardLog
-from rlhf.worker_logs import WorkerLogs
+from rlhf.runtime.placement import PoolPlacement, bundle_of
+from rlhf.runtime.remote import RemoteCallTimeout
+from rlhf.runtime.worker_logs import WorkerLogs
+from rlhf.telemetry.ray_metrics import readings
+from rlhf.telemetry.tensorboard_log import TensorBoardLog
 
 
 # ---------------------------------------------------------------- TensorBoard
@@ -181,14 +181,14 @@ def test_a_placement_the_cluster_cannot_hold_names_the_pool_and_what_it_asked(ra
 
 # ---------------------------------------------------------------- warnings that reach the console
 def test_dropped_rewards_are_warned_about_once(tmp_path, caplog):
-    from rlhf.controller import Trainer
     from rlhf.data.tasks import make_task
+    from rlhf.driver.trainer import Trainer
     from rlhf.models.default_model import prepare_model
 
     cfg = load_config(None, [])
     trainer = Trainer(cfg, tmp_path, prepare_model(cfg), make_task(cfg.task))
     try:
-        with caplog.at_level("WARNING", logger="rlhf.controller"):
+        with caplog.at_level("WARNING", logger="rlhf.driver.trainer"):
             trainer._export({"iteration": 0, "reward/dropped": 0.0})
             assert caplog.records == []
             for it in (1, 2):

@@ -22,7 +22,7 @@ def policy():
 def test_without_a_pad_token_greedy_answers_are_the_same(policy):
     from transformers import AutoTokenizer
 
-    from rlhf.eval import greedy_completions
+    from rlhf.models.generation import greedy_completions
 
     model, tokenizer = policy
     bare = AutoTokenizer.from_pretrained(tokenizer.name_or_path)

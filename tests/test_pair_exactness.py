@@ -12,9 +12,9 @@ from rlhf.algorithms import make_algorithm
 from rlhf.algorithms.base import ForwardOutput
 from rlhf.batch import plan_shards
 from rlhf.config import load_config
-from rlhf.learner.train_step import to_tensors
 from rlhf.models.logprobs import model_token_logprobs
-from rlhf.preferences import Comparisons
+from rlhf.rewards.comparisons import Comparisons
+from rlhf.training.train_step import to_tensors
 from tests.rows import sampled_rows, tiny_model
 from tests.test_learner import assert_close_grads, call_all, hf_model
 

@@ -19,8 +19,8 @@ import ray
 from rlhf.algorithms import make_algorithm
 from rlhf.batch import plan_shards
 from rlhf.config import load_config
-from rlhf.dispatch import Pool, wait_all
-from rlhf.stages import OldLogprobStage, Sampled, ValueStage
+from rlhf.driver.stages import OldLogprobStage, Sampled, ValueStage
+from rlhf.runtime.dispatch import Pool, wait_all
 from tests.rows import sampled_rows, tiny_model
 
 pytestmark = pytest.mark.slow

@@ -22,7 +22,7 @@ from rlhf.algorithms.preference_losses import (
     sigmoid_loss,
 )
 from rlhf.batch import collate_rollouts, plan_shards
-from rlhf.preferences import (
+from rlhf.rewards.comparisons import (
     Comparisons,
     build_pairs,
     comparisons_from_rewards,
@@ -171,6 +171,8 @@ def sampled_batch():
 
 
 def arranged(cfg):
+    """Pairs of `sampled_batch` under `cfg`, one per prompt (`best_vs_worst`), weights set."""
+    cfg = cfg.model_copy(update={"pairs": "best_vs_worst"})
     algo = make_algorithm(cfg, max_new_tokens=4)
     batch = sampled_batch()
     comparisons = comparisons_from_rewards(batch["rewards"], batch.units, tau=0.1)
@@ -196,10 +198,20 @@ def test_online_dpo_arranges_pairs_as_units():
         assert shard.batch.units.tolist() in ([0, 0], [1, 1])
 
 
+def test_a_pair_whose_chosen_completion_is_empty_does_not_count_in_the_average():
+    algo, _, pairs, _ = arranged(OnlineDPOConfig())
+    pairs["completion_mask"][0] = 0.0  # pair 0's chosen completion: no token
+    algo.prepare(pairs)
+    # pair 0 trains nothing; pair 1 is the only pair that can, so it weighs 1 (not 1/2)
+    np.testing.assert_allclose(pairs["loss_weights"].sum(axis=1), [0.0, 0.0, 1.0, 1.0])
+
+
 def test_masked_truncated_completions_form_no_pair():
     """Prompt 0's best answer (row 0) was cut at max_new_tokens: with the mask, its pair is
     built from the answers that ended (row 2 over row 1); prompt 1 is untouched."""
-    algo = make_algorithm(OnlineDPOConfig(mask_truncated_completions=True), max_new_tokens=4)
+    algo = make_algorithm(
+        OnlineDPOConfig(pairs="best_vs_worst", mask_truncated_completions=True), max_new_tokens=4
+    )
     batch = sampled_batch()
     batch["truncated"] = np.array([1, 0, 0, 0, 0, 0], dtype=np.float32)
     comparisons = comparisons_from_rewards(batch["rewards"], batch.units, tau=0.1)
@@ -209,7 +221,7 @@ def test_masked_truncated_completions_form_no_pair():
     np.testing.assert_array_equal(pairs["input_ids"][2], batch["input_ids"][5])
     assert metrics["pairs/count"] == 2
     assert metrics["pairs/dropped_truncated"] == 2  # row 0 against rows 1 and 2
-    unmasked, plain = make_algorithm(OnlineDPOConfig(), max_new_tokens=4).arrange(
+    unmasked, plain = make_algorithm(OnlineDPOConfig(pairs="best_vs_worst"), 4).arrange(
         batch, comparisons
     )
     assert plain["pairs/dropped_truncated"] == 0  # without the mask row 0 is chosen

@@ -5,7 +5,7 @@ mixture engine for ipo_md and nash_md —, DeepSpeed, the reference pool); then 
 compares the saved policy with the initial one on the 512 held-out prompts, 4 sampled answers
 each (temperature 1), under the same judge: the exact-answer reward as a Bradley-Terry judge.
 
-Two summaries (rlhf/winrate.py): the win rate with ties counted one half, and the decisive
+Two summaries (rlhf/evaluation/winrate.py): the win rate with ties counted one half, and the decisive
 win rate (ties left out). Under a 0/1 judge the first is 1/2 + (accuracy gain) / 2, and most
 pairs tie (both right or both wrong: about 60% here), so it moves slowly; the decisive rate
 says how often the trained policy wins when the judge can tell the two apart.

@@ -143,8 +143,8 @@ def test_evaluation_generates_from_chat_prompts_as_a_run_does():
     tokens a run generates from), not its bare text."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rlhf.eval import greedy_completions
     from rlhf.models.default_model import prepare_model
+    from rlhf.models.generation import greedy_completions
     from rlhf.types import Prompt
 
     path = prepare_model(load_config(None, []))
@@ -181,8 +181,8 @@ def test_the_gpu_example_passes_preflight_with_a_qwen2_folder_and_its_parquet_fi
     from transformers import AutoTokenizer
 
     from rlhf.models.tiny import build_tiny_model
-    from rlhf.preflight import check_before_start
     from rlhf.rewards.builtin import final_number
+    from rlhf.run.preflight import check_before_start
 
     questions = [p.text for p in make_prompts(_gpu_example([])).train_prompts]
     model = build_tiny_model(tmp_path / "qwen", questions, family="qwen2", num_layers=1)

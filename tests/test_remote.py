@@ -8,7 +8,7 @@ import time
 import pytest
 import ray
 
-from rlhf.remote import RemoteCallError, RemoteCallTimeout, WorkerDied, gather
+from rlhf.runtime.remote import RemoteCallError, RemoteCallTimeout, WorkerDied, gather
 
 pytestmark = pytest.mark.slow
 

@@ -159,3 +159,43 @@ def test_checkpoints_rotate_and_export_a_loadable_policy(runs):
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_resume_with_an_override_is_a_fresh_run_with_it(runs, tmp_path):
+    """config.yaml keeps what was asked (colocation, the importance cap and the learner's
+    ranks unresolved), so an override at resume validates as it would on a fresh run: here
+    asynchronous generation, which the resolved synchronous default (every pool colocated)
+    refused. The resumed run goes on with it, on the checkpoint's two learner ranks."""
+    import shutil
+
+    import yaml
+
+    from rlhf.config import load_config
+    from rlhf.run.train import resume_config
+
+    whole, _, _ = runs
+    asked = yaml.safe_load((whole / "config.yaml").read_text())
+    assert asked["topology"]["colocate_all"] is None
+    assert asked["topology"]["learner"]["workers"] == "auto"
+    assert asked["algorithm"]["importance_sampling_cap"] is None
+    state = json.loads((whole / "checkpoints" / "iter-000008" / "state.json").read_text())
+    assert state["learner_ranks"] == 2
+
+    run = tmp_path / "async"
+    shutil.copytree(whole, run)
+    override = ["rollout.max_staleness=2", f"run.iterations={ITERATIONS + 2}"]
+    cfg, _ = resume_config(str(run), override)
+    fresh = load_config(
+        None, [*OVERRIDES, *override, f"run.output_dir={tmp_path}", "run.name=async"]
+    )
+    assert cfg.model_dump() == fresh.model_dump()
+    assert cfg.colocated_pools() == [] and cfg.make_algorithm().cfg.importance_sampling_cap == 2
+
+    resumed = subprocess.run(
+        cli("--resume", str(run), *override), capture_output=True, text=True, timeout=900
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "learner ranks: 2 (topology.learner.workers=auto: the checkpoint's)" in resumed.stdout
+    got = records(run)
+    assert [r["iteration"] for r in got] == list(range(ITERATIONS + 2))
+    assert all(r["rollout/staleness_max"] <= 2 for r in got[ITERATIONS:])

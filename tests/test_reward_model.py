@@ -34,7 +34,7 @@ from rlhf.rewards.pairs import (
     task_pairs,
     wrong_answers,
 )
-from rlhf.rewards.reward_model import RewardModelScorer
+from rlhf.rewards.reward_model_scorer import RewardModelScorer
 from rlhf.rewards.scoring import NamedReward, score_batch
 from rlhf.rewards.train_rm import pair_micro_batches
 from tests.rows import tiny_model
@@ -392,8 +392,8 @@ def test_grpo_against_the_reward_model_alone(trained_rm, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rlhf.config import Config
-    from rlhf.eval import greedy_completions
     from rlhf.models.default_model import prepare_model
+    from rlhf.models.generation import greedy_completions
 
     folder, _, _ = trained_rm
     _cli(

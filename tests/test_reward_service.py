@@ -217,9 +217,9 @@ def test_the_serve_reward_command_serves_a_function_the_config_names_remotely(tm
     import sys
 
     from rlhf.config import load_config
-    from rlhf.preflight import check_before_start
     from rlhf.rewards.builtin import addition_exact
     from rlhf.rewards.scoring import reward_function_of
+    from rlhf.run.preflight import check_before_start
     from rlhf.sync.group import free_port
 
     port = free_port()
@@ -256,7 +256,7 @@ def test_the_serve_reward_command_serves_a_reward_model(tmp_path):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from rlhf.rewards.reward_model import RewardModelScorer
+    from rlhf.rewards.reward_model_scorer import RewardModelScorer
     from rlhf.sync.group import free_port
     from tests.rows import tiny_model
 

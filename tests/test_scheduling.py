@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import ray
 
-from rlhf.controller import Trainer
+from rlhf.driver.trainer import Trainer
 from tests.trainers import small_trainer
 
 pytestmark = pytest.mark.slow

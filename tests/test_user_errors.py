@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import rlhf.train
+import rlhf.run.train
 from rlhf.cli import main
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "user_errors.md"
@@ -58,7 +58,7 @@ def test_a_mistake_exits_2_with_its_message_before_anything_starts(
     def started(cfg):  # the checks must stop the run before this
         raise AssertionError(f"{mistake}: got past the checks to the run folder")
 
-    monkeypatch.setattr(rlhf.train, "make_run_dir", started)
+    monkeypatch.setattr(rlhf.run.train, "make_run_dir", started)
     argv = shlex.split(command)
     assert argv[0] == "rlhf"
     runs = tmp_path / "runs"

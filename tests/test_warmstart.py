@@ -12,12 +12,12 @@ from transformers import AutoModelForCausalLM
 
 from rlhf.config import ConfigError, TaskConfig, WarmStartConfig, load_config
 from rlhf.data.tasks import make_task
-from rlhf.eval import greedy_accuracy
 from rlhf.models import default_model
 from rlhf.models.default_model import cache_key, prepare_model
+from rlhf.models.generation import greedy_accuracy
 from rlhf.models.tiny import build_tiny_model
+from rlhf.models.warm_start import accumulated_step, micro_batches_of, warm_start
 from rlhf.rewards.builtin import addition_exact
-from rlhf.warmstart import accumulated_step, micro_batches_of, warm_start
 
 SMALL_MODEL = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2}
 
@@ -198,7 +198,7 @@ def test_missing_model_path_is_a_clear_error(tmp_path):
 def test_prompt_weight_sets_the_loss_on_prompt_tokens():
     """A task that models its prompts (word_problems) weighs their tokens by its
     warm_start_prompt_weight; padding never counts."""
-    from rlhf.warmstart import micro_batches_of
+    from rlhf.models.warm_start import micro_batches_of
 
     rows = [([5, 6, 7, 8], 2), ([5, 6, 7], 1)]
     for weight in (0.0, 1.0, 0.5):

@@ -20,8 +20,8 @@ from rlhf.data.tasks import TASKS, make_task
 from rlhf.data.word_problems import generate
 from rlhf.models.families import SpecialIds, TinyShape, family_config
 from rlhf.models.tiny import train_tokenizer
+from rlhf.models.warm_start import _encode
 from rlhf.rewards.builtin import final_number
-from rlhf.warmstart import _encode
 
 LAUNCH = Path(__file__).resolve().parents[1] / "launch" / "configs" / "word_problems.yaml"
 # The shapes: prompts of 150 to 400 tokens, answers of 64 to 256 (EOS included).
@@ -57,7 +57,7 @@ def test_the_launch_config_runs_the_task_with_its_reward_on_vllm(cfg):
     # the longest prompt and answer fit the engine and the model's positions
     need = PROMPT_TOKENS[1] + cfg.rollout.max_new_tokens
     assert need <= cfg.rollout.max_model_len <= cfg.model.tiny.max_position_embeddings
-    assert cfg.learner.micro_batch_size >= cfg.rollout.samples_per_prompt
+    assert cfg.learner.micro_batch_size >= cfg.samples_per_prompt()
 
 
 def test_the_launch_config_builds_a_model_of_at_least_10m_parameters(cfg):

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlhf.config import load_config
-from rlhf.controller import Trainer
 from rlhf.data.tasks import make_task
+from rlhf.driver.trainer import Trainer
 from rlhf.models.default_model import prepare_model
 
 PROMPTS, SAMPLES = 8, 4  # a batch: prompts per iteration, samples per prompt

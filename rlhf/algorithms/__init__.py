@@ -6,39 +6,40 @@ discriminator), its checks against the rest of the config, and what it needs.
 
 from __future__ import annotations
 
+import functools
+import operator
 from typing import Annotated
 
 from pydantic import Field
 
 from rlhf.algorithms.base import Algorithm, ForwardOutput
-from rlhf.algorithms.grpo import GRPO, GRPOConfig
-from rlhf.algorithms.ppo import PPO, PPOConfig
+from rlhf.algorithms.grpo import GRPO
+from rlhf.algorithms.ppo import PPO
 from rlhf.algorithms.preference import (
     IPO,
     IPOMD,
-    IPOConfig,
-    IPOMDConfig,
     NashMD,
-    NashMDConfig,
     OnlineDPO,
-    OnlineDPOConfig,
 )
-from rlhf.algorithms.reinforce_pp import ReinforcePP, ReinforcePPConfig
-from rlhf.algorithms.rloo import RLOO, RLOOConfig
+from rlhf.algorithms.reinforce_pp import ReinforcePP
+from rlhf.algorithms.rloo import RLOO
 
-ALGORITHMS: dict[str, type[Algorithm]] = {
-    cls.name: cls for cls in (GRPO, PPO, RLOO, ReinforcePP, OnlineDPO, IPO, IPOMD, NashMD)
-}
+# One entry per algorithm: the registry by name and the config union both come from it.
+REGISTERED: tuple[type[Algorithm], ...] = (
+    GRPO,
+    PPO,
+    RLOO,
+    ReinforcePP,
+    OnlineDPO,
+    IPO,
+    IPOMD,
+    NashMD,
+)
+ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in REGISTERED}
 
+# the `algorithm` block: one of the registered configs, chosen by its `name`
 AlgorithmConfig = Annotated[
-    GRPOConfig
-    | PPOConfig
-    | RLOOConfig
-    | ReinforcePPConfig
-    | OnlineDPOConfig
-    | IPOConfig
-    | IPOMDConfig
-    | NashMDConfig,
+    functools.reduce(operator.or_, (cls.config for cls in REGISTERED)),
     Field(discriminator="name"),
 ]
 
@@ -53,4 +54,11 @@ def make_algorithm(cfg, max_new_tokens: int) -> Algorithm:
     return cls(cfg, max_new_tokens)
 
 
-__all__ = ["ALGORITHMS", "Algorithm", "AlgorithmConfig", "ForwardOutput", "make_algorithm"]
+__all__ = [
+    "ALGORITHMS",
+    "REGISTERED",
+    "Algorithm",
+    "AlgorithmConfig",
+    "ForwardOutput",
+    "make_algorithm",
+]

@@ -13,6 +13,7 @@ loss; metrics come back as weighted sums with the same weights, so they add up t
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -20,12 +21,30 @@ import numpy as np
 import torch
 
 from rlhf.batch import TrainBatch
-from rlhf.preferences import Comparisons
+from rlhf.rewards.comparisons import Comparisons
 
 Tensors = dict[str, torch.Tensor]
 
-# Columns the controller's stages can produce (rlhf.stages).
-STAGE_COLUMNS = ("rewards", "preferences", "ref_logprobs", "old_logprobs", "values")
+# The stage table: each column a stage fills before the algorithm's `prepare`, and the pool
+# that computes it, in the order the stages are set off. An algorithm's `needs` names columns
+# of it; the stages the controller runs (rlhf.driver.stages), the pools a run starts and the
+# config's checks all follow from it.
+STAGES: dict[str, str] = {
+    "rewards": "reward",
+    "preferences": "reward",  # the judge's answers (comparisons, not a batch column)
+    "ref_logprobs": "reference",
+    "old_logprobs": "learner",
+    "values": "critic",
+}
+STAGE_COLUMNS = tuple(STAGES)
+ALWAYS_STARTED = ("rollout", "learner", "reward")  # generate, train, and score or judge
+
+
+def started_pools(needs: Iterable[str]) -> list[str]:
+    """The pools a run with these stage columns starts: the three every run has, and the
+    reference or critic pool when a stage needs it."""
+    wanted = set(ALWAYS_STARTED) | {STAGES[column] for column in needs}
+    return [p for p in (*ALWAYS_STARTED, "reference", "critic") if p in wanted]
 
 
 @dataclass
@@ -48,6 +67,7 @@ class SamplingMixture:
 
 class Algorithm(ABC):
     name: ClassVar[str]
+    config: ClassVar[type]  # its config block, whose `name` field is `name`
 
     def __init__(self, cfg: Any, max_new_tokens: int) -> None:
         self.cfg = cfg

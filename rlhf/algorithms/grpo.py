@@ -16,13 +16,12 @@ from pydantic import Field, field_validator
 from rlhf.algorithms.advantages import group_normalized_advantages
 from rlhf.algorithms.kl import kl_estimate
 from rlhf.algorithms.policy import (
+    KLEstimator,
+    KLInReward,
     PolicyGradient,
     PolicyGradientConfig,
-    check_kl_placement,
     policy_loss_terms,
-    policy_needs,
     set_loss_weights,
-    valid_rows,
 )
 from rlhf.batch import TrainBatch
 
@@ -32,10 +31,9 @@ if TYPE_CHECKING:
 
 class GRPOConfig(PolicyGradientConfig):
     name: Literal["grpo"] = "grpo"
-    beta: float = Field(0.0, ge=0, description="KL loss coefficient; 0 skips the reference pool")
-    kl_estimator: Literal["k1", "k2", "k3"] = Field(
-        "k3", description="k2/k3 as a loss term (k1 has zero expected gradient on-policy)"
-    )
+    kl_in_reward: KLInReward = False
+    kl_estimator: KLEstimator = "k3"
+    kl_places = (False,)  # a loss term, as the paper has it
     scale_rewards: Literal["group", "batch", "none"] = Field(
         "group",
         description="divide centred rewards by the group's std, the batch's, or not (Dr. GRPO)",
@@ -54,8 +52,8 @@ class GRPOConfig(PolicyGradientConfig):
         return {True: "group", False: "none"}.get(v, v) if isinstance(v, bool) else v
 
     def check(self, cfg: Config) -> None:
-        check_kl_placement(self.kl_estimator, True, self.beta)
-        if cfg.rollout.samples_per_prompt < 2:
+        super().check(cfg)
+        if cfg.samples_per_prompt() < 2:
             raise ValueError(
                 "rollout.samples_per_prompt must be >= 2 for grpo (advantages compare samples of a prompt)"
             )
@@ -74,25 +72,20 @@ def flat_groups(rewards: np.ndarray, units: np.ndarray) -> np.ndarray:
 
 class GRPO(PolicyGradient):
     name = "grpo"
+    config = GRPOConfig
     cfg: GRPOConfig
-
-    @property
-    def needs(self) -> frozenset[str]:
-        return frozenset(policy_needs(self.cfg, self.cfg.beta, kl_in_reward=False))
 
     def keep_units(self, batch: TrainBatch) -> np.ndarray | None:
         if self.cfg.dynamic_sampling == "off":
             return None
-        valid = valid_rows(batch, self.cfg)
-        return ~flat_groups(np.where(valid, batch["rewards"], np.nan), batch.units)
+        return ~flat_groups(self.valid_rewards(batch)[1], batch.units)
 
     @property
     def refill_rounds(self) -> int:
         return self.cfg.max_refill_rounds if self.cfg.dynamic_sampling == "refill" else 0
 
     def prepare(self, batch: TrainBatch) -> dict[str, float]:
-        valid = valid_rows(batch, self.cfg)
-        rewards = np.where(valid, batch["rewards"], np.nan)
+        valid, rewards = self.valid_rewards(batch)
         flat = flat_groups(rewards, batch.units)
         if self.cfg.dynamic_sampling != "off":
             valid &= ~flat

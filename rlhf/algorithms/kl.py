@@ -9,7 +9,10 @@ belongs in the reward (as PPO and REINFORCE++ use it); k2 and k3 work as loss te
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+from rlhf.batch import TrainBatch
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
 
@@ -35,3 +38,11 @@ def kl_estimate(
         # an ulp of 1, for small l in float32 / bfloat16).
         return torch.expm1(clamped) - clamped
     raise ValueError(f"unknown KL estimator {kind!r}; allowed: {', '.join(KL_ESTIMATORS)}")
+
+
+def sequence_kl(batch: TrainBatch, estimator: str) -> np.ndarray:
+    """[B, T] per-token KL of the sampled tokens (pre-update policy vs reference), zero
+    outside completions. Pre-update log-probs: the learner's if computed, else the sampler's."""
+    old = batch["old_logprobs"] if "old_logprobs" in batch else batch["sampler_logprobs"]
+    kl = kl_estimate(torch.from_numpy(old), torch.from_numpy(batch["ref_logprobs"]), estimator)
+    return kl.numpy() * batch["completion_mask"]

@@ -9,7 +9,7 @@ same way), minus an optional entropy bonus. Diagnostics as CleanRL reports them.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -20,8 +20,30 @@ from rlhf.algorithms.base import Algorithm, ForwardOutput, Tensors
 from rlhf.batch import TrainBatch
 from rlhf.configbase import Section
 
+if TYPE_CHECKING:
+    from rlhf.config import Config
+
+
+# The KL-to-reference block every policy-gradient algorithm shares: declared once here, each
+# algorithm sets only its defaults (`beta: KLCoefficient = 0.01`) and where the KL may go.
+KLCoefficient = Annotated[
+    float, Field(ge=0, description="KL-to-reference coefficient; 0 = none (no reference pool)")
+]
+KLInReward = Annotated[
+    bool, Field(description="the KL as a per-token reward (k1, summed) or as a loss term (k2/k3)")
+]
+KLEstimator = Annotated[
+    Literal["k1", "k2", "k3"],
+    Field(description="per-token KL estimate: k1 in the reward, k2 or k3 as a loss term"),
+]
+
 
 class PolicyGradientConfig(Section):
+    beta: KLCoefficient = 0.0
+    kl_in_reward: KLInReward = True
+    kl_estimator: KLEstimator = "k1"
+    # where this algorithm can put the KL: (True,) the reward only, (False,) the loss only
+    kl_places: ClassVar[tuple[bool, ...]] = (True, False)
     clip_low: float = Field(0.2, ge=0, description="ratio clip below 1 (PPO epsilon)")
     clip_high: float = Field(0.2, ge=0, description="ratio clip above 1; DAPO clip-higher: 0.28")
     loss_aggregation: Literal["token_mean", "sequence_mean", "constant_normalizer"] = "token_mean"
@@ -38,6 +60,15 @@ class PolicyGradientConfig(Section):
     )
     entropy_coef: float = Field(0.0, ge=0, description="entropy bonus in the loss; 0 = off")
 
+    def check(self, cfg: Config) -> None:
+        """Checks against the rest of the config (an algorithm adds its own after these)."""
+        if self.kl_in_reward not in self.kl_places:
+            where = "the reward" if self.kl_places == (True,) else "the loss"
+            raise ValueError(
+                f"algorithm.kl_in_reward: {getattr(self, 'name', '?')} puts the KL in {where}"
+            )
+        check_kl_placement(self.kl_estimator, not self.kl_in_reward, self.beta)
+
     @property
     def multi_step(self) -> bool:
         """Several optimizer steps per batch: old log-probs must be computed before the first."""
@@ -45,9 +76,19 @@ class PolicyGradientConfig(Section):
 
 
 class PolicyGradient(Algorithm):
-    """The family's common answers: its update schedule and whether the entropy is trained."""
+    """The family's common answers: the stages it needs, its update schedule, whether the
+    entropy is trained, and which rows' rewards count."""
 
     cfg: PolicyGradientConfig
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return frozenset(policy_needs(self.cfg))
+
+    def valid_rewards(self, batch: TrainBatch) -> tuple[np.ndarray, np.ndarray]:
+        """[B] the rows that take part (`valid_rows`), and the rewards with NaN elsewhere."""
+        valid = valid_rows(batch, self.cfg)
+        return valid, np.where(valid, batch["rewards"], np.nan)
 
     @property
     def epochs(self) -> int:
@@ -62,14 +103,14 @@ class PolicyGradient(Algorithm):
         return self.cfg.entropy_coef > 0
 
 
-def policy_needs(cfg: PolicyGradientConfig, beta: float, kl_in_reward: bool) -> set[str]:
+def policy_needs(cfg: PolicyGradientConfig) -> set[str]:
     """Stage columns of a policy-gradient algorithm: rewards; reference log-probs for a KL;
     pre-update log-probs for a KL in the reward (its estimate is taken from them) or for
     several optimizer steps per batch."""
     needs = {"rewards"}
-    if beta > 0:
+    if cfg.beta > 0:
         needs.add("ref_logprobs")
-        if kl_in_reward:
+        if cfg.kl_in_reward:
             needs.add("old_logprobs")
     if cfg.multi_step:
         needs.add("old_logprobs")

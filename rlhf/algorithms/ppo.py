@@ -19,19 +19,18 @@ from pydantic import Field
 
 from rlhf.algorithms.advantages import explained_variance, gae, token_rewards, whiten
 from rlhf.algorithms.base import ForwardOutput, Tensors
-from rlhf.algorithms.kl import kl_estimate
+from rlhf.algorithms.kl import kl_estimate, sequence_kl
 from rlhf.algorithms.kl_control import KLController
 from rlhf.algorithms.policy import (
+    KLCoefficient,
     PolicyGradient,
     PolicyGradientConfig,
-    check_kl_placement,
     policy_loss_terms,
     policy_needs,
     set_loss_weights,
     token_mean,
     valid_rows,
 )
-from rlhf.algorithms.rloo import sequence_kl
 from rlhf.batch import TrainBatch
 
 if TYPE_CHECKING:
@@ -40,11 +39,7 @@ if TYPE_CHECKING:
 
 class PPOConfig(PolicyGradientConfig):
     name: Literal["ppo"] = "ppo"
-    beta: float = Field(0.01, ge=0, description="KL coefficient (initial, if adaptive); 0 = none")
-    kl_in_reward: bool = Field(True, description="KL as a per-token reward (k1) or a loss term")
-    kl_estimator: Literal["k1", "k2", "k3"] = Field(
-        "k1", description="k1 in the reward; k2/k3 as a loss term"
-    )
+    beta: KLCoefficient = 0.01  # the initial one, with an adaptive KL (kl_target)
     kl_target: float | None = Field(
         None, gt=0, description="adaptive KL: target nats per sequence; None = fixed beta"
     )
@@ -59,7 +54,7 @@ class PPOConfig(PolicyGradientConfig):
     whiten_advantages: bool = Field(True, description="advantages to mean 0, std 1 per batch")
 
     def check(self, cfg: Config) -> None:
-        check_kl_placement(self.kl_estimator, not self.kl_in_reward, self.beta)
+        super().check(cfg)
         if cfg.topology.critic.workers < 1:
             raise ValueError("topology.critic.workers must be >= 1 for ppo (it trains a critic)")
 
@@ -78,6 +73,7 @@ def clipped_value_loss(
 
 class PPO(PolicyGradient):
     name = "ppo"
+    config = PPOConfig
     cfg: PPOConfig
 
     def __init__(self, cfg: PPOConfig, max_new_tokens: int) -> None:
@@ -87,7 +83,7 @@ class PPO(PolicyGradient):
 
     @property
     def needs(self) -> frozenset[str]:
-        return frozenset(policy_needs(self.cfg, self.cfg.beta, self.cfg.kl_in_reward) | {"values"})
+        return frozenset(policy_needs(self.cfg) | {"values"})
 
     def critic_only(self, iteration: int) -> bool:
         return iteration < self.cfg.critic_warmup_iterations

@@ -16,7 +16,7 @@ mean in one column.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from rlhf.algorithms.base import Algorithm, SamplingMixture
 from rlhf.algorithms.preference_losses import SOFT_TARGET_LOSSES, pair_loss
 from rlhf.batch import TrainBatch, declare
 from rlhf.configbase import Section
-from rlhf.preferences import Comparisons, build_pairs
+from rlhf.rewards.comparisons import Comparisons, build_pairs
 
 if TYPE_CHECKING:
     from rlhf.config import Config
@@ -58,9 +58,10 @@ class PreferenceConfig(Section):
     beta: float = Field(
         0.1, gt=0, description="strength of the tie to the reference (DPO's beta, IPO's tau)"
     )
-    pairs: Literal["best_vs_worst", "all"] = Field(
-        "best_vs_worst",
-        description="one pair per prompt (its best and worst sample), or every judged pair",
+    pairs: Literal["all", "best_vs_worst"] = Field(
+        "all",
+        description="every judged pair (keeps the objective's fixed point), or one pair per "
+        "prompt, its Borda-best and worst sample (cheaper; biased toward Borda's winner)",
     )
     tie_margin: float = Field(
         0.0, ge=0, lt=0.5, description="drop pairs with |P - 1/2| <= this (a tie has no preference)"
@@ -79,7 +80,7 @@ class PreferenceConfig(Section):
     mask_truncated_completions: bool = _mask_truncated_field()
 
     def check(self, cfg: Config) -> None:
-        if cfg.rollout.samples_per_prompt < 2:
+        if cfg.samples_per_prompt() < 2:
             raise ValueError(
                 f"rollout.samples_per_prompt must be >= 2 for {self.name}: pairs compare "  # type: ignore[attr-defined]
                 "samples of one prompt"
@@ -149,10 +150,14 @@ class PreferenceAlgorithm(Algorithm):
         return out, metrics
 
     def prepare(self, batch: TrainBatch) -> dict[str, float]:
+        """Each pair weighs 1 / (pairs that can train), spread over each row's completion
+        tokens; a pair's weight is read from its chosen row, so a pair whose chosen
+        completion has no token trains nothing and does not count in the average."""
         mask = batch["completion_mask"]
-        n_pairs = len(batch) // 2
-        lengths = np.maximum(mask.sum(axis=1, keepdims=True), 1.0)
-        batch["loss_weights"] = mask / lengths / max(n_pairs, 1)
+        lengths = mask.sum(axis=1, keepdims=True)
+        trains = (batch["pair_sign"] > 0) & (lengths[:, 0] > 0)  # chosen rows with a token
+        in_pair = np.isin(batch.units, batch.units[trains])[:, None]
+        batch["loss_weights"] = in_pair * mask / np.maximum(lengths, 1.0) / max(trains.sum(), 1)
         return {}
 
     # ------------------------------------------------------------------ learner half
@@ -206,6 +211,7 @@ class PreferenceAlgorithm(Algorithm):
 
 class OnlineDPO(PreferenceAlgorithm):
     name = "online_dpo"
+    config = OnlineDPOConfig
     cfg: OnlineDPOConfig
 
     def __init__(self, cfg: OnlineDPOConfig, max_new_tokens: int) -> None:
@@ -238,6 +244,7 @@ class OnlineDPO(PreferenceAlgorithm):
 
 class IPO(PreferenceAlgorithm):
     name = "ipo"
+    config = IPOConfig
     cfg: IPOConfig
 
 
@@ -266,10 +273,14 @@ class IPOMDConfig(PreferenceConfig, MixtureConfig):
         "from the mixture (samples_per_prompt 2)",
     )
 
+    @property
+    def fixed_samples_per_prompt(self) -> int | None:
+        return 2 if self.mixture_samples == "one" else None
+
     def check(self, cfg: Config) -> None:
         super().check(cfg)
         self.check_engine(cfg)
-        if self.mixture_samples == "one" and cfg.rollout.samples_per_prompt != 2:
+        if self.mixture_samples == "one" and cfg.samples_per_prompt() != 2:
             raise ValueError(
                 "rollout.samples_per_prompt must be 2 for ipo_md with mixture_samples='one'"
             )
@@ -281,6 +292,7 @@ class IPOMD(PreferenceAlgorithm):
     (the mixture's) take no part in it."""
 
     name = "ipo_md"
+    config = IPOMDConfig
     cfg: IPOMDConfig
 
     @property
@@ -297,10 +309,11 @@ class NashMDConfig(MixtureConfig):
     beta: float = Field(0.1, gt=0, description="KL regularisation to the reference")
     mini_batches: int = Field(1, gt=0, description="optimizer steps per batch")
     mask_truncated_completions: bool = _mask_truncated_field()
+    fixed_samples_per_prompt: ClassVar[int] = 2  # rollout.samples_per_prompt unset: this
 
     def check(self, cfg: Config) -> None:
         self.check_engine(cfg)
-        if cfg.rollout.samples_per_prompt != 2:
+        if cfg.samples_per_prompt() != 2:
             raise ValueError(
                 "rollout.samples_per_prompt must be 2 for nash_md: one sample from the policy, "
                 "one from the mixture"
@@ -313,6 +326,7 @@ class NashMD(Algorithm):
     trains; a tie (P = 1/2) still carries the KL term."""
 
     name = "nash_md"
+    config = NashMDConfig
     cfg: NashMDConfig
 
     @property

@@ -94,13 +94,15 @@ def nash_md_loss(
     beta: float,
     preference: torch.Tensor,
 ) -> torch.Tensor:
-    """Nash-MD's policy-gradient loss (Munos et al. 2023; the form TRL uses), per sequence y
-    sampled from pi_theta and compared with y' from the mixture, P = P(y > y'):
-    beta * sum_t stopgrad(log pi_theta(y_t) - log pi_ref(y_t)) * log pi_theta(y_t)
+    """Nash-MD's policy-gradient loss (Munos et al. 2023), per sequence y sampled from
+    pi_theta and compared with y' from the mixture, P = P(y > y'):
+    beta * stopgrad(sum_t (log pi_theta(y_t) - log pi_ref(y_t))) * sum_t log pi_theta(y_t)
       - (P - 1/2) * sum_t log pi_theta(y_t).
-    The first term is REINFORCE for the KL to the reference (its gradient is that of
-    KL(pi_theta || pi_ref) in expectation); the second pushes up sequences that beat the
-    mixture's and down those that lose."""
+    The first term is REINFORCE with the sequence's log-ratio as reward (its gradient is that
+    of KL(pi_theta || pi_ref) in expectation). TRL pairs each token's log-ratio with its own
+    log-prob only, which drops the later tokens' log-ratios and so is not that gradient in
+    expectation. The second term pushes up sequences that beat the mixture's, down those
+    that lose."""
     lp = logprobs * mask
     kl_reward = ((logprobs - ref_logprobs).detach() * mask).sum(-1)
     return beta * kl_reward * lp.sum(-1) - (preference - 0.5) * lp.sum(-1)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-import numpy as np
 from pydantic import Field
 
 from rlhf.algorithms.advantages import (
@@ -21,16 +20,15 @@ from rlhf.algorithms.advantages import (
     token_rewards,
     whiten,
 )
+from rlhf.algorithms.kl import sequence_kl
 from rlhf.algorithms.policy import (
+    KLCoefficient,
     PolicyGradient,
     PolicyGradientConfig,
     policy_loss_terms,
-    policy_needs,
     set_loss_weights,
     token_mean,
-    valid_rows,
 )
-from rlhf.algorithms.rloo import sequence_kl
 from rlhf.batch import TrainBatch
 
 if TYPE_CHECKING:
@@ -39,15 +37,16 @@ if TYPE_CHECKING:
 
 class ReinforcePPConfig(PolicyGradientConfig):
     name: Literal["reinforce_pp"] = "reinforce_pp"
-    beta: float = Field(0.01, ge=0, description="per-token KL penalty in the reward; 0 = none")
-    kl_estimator: Literal["k1", "k2", "k3"] = Field("k1", description="KL estimate in the reward")
+    beta: KLCoefficient = 0.01
+    kl_places = (True,)  # a per-token penalty in the reward, as the paper has it
     baseline: Literal["none", "group"] = Field(
         "none", description="'group' subtracts the prompt's mean reward (REINFORCE++-baseline)"
     )
     gamma: float = Field(1.0, ge=0, le=1, description="discount over completion tokens")
 
     def check(self, cfg: Config) -> None:
-        if self.baseline == "group" and cfg.rollout.samples_per_prompt < 2:
+        super().check(cfg)
+        if self.baseline == "group" and cfg.samples_per_prompt() < 2:
             raise ValueError(
                 "rollout.samples_per_prompt must be >= 2 for reinforce_pp with baseline=group"
             )
@@ -55,15 +54,11 @@ class ReinforcePPConfig(PolicyGradientConfig):
 
 class ReinforcePP(PolicyGradient):
     name = "reinforce_pp"
+    config = ReinforcePPConfig
     cfg: ReinforcePPConfig
 
-    @property
-    def needs(self) -> frozenset[str]:
-        return frozenset(policy_needs(self.cfg, self.cfg.beta, kl_in_reward=True))
-
     def prepare(self, batch: TrainBatch) -> dict[str, float]:
-        valid = valid_rows(batch, self.cfg)
-        rewards = np.where(valid, batch["rewards"], np.nan)
+        valid, rewards = self.valid_rewards(batch)
         if self.cfg.baseline == "group":
             rewards = group_mean_baseline(rewards, batch.units)
         mask = batch["completion_mask"] * valid[:, None]

@@ -11,20 +11,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
-from pydantic import Field
 
 from rlhf.algorithms.advantages import rloo_advantages
-from rlhf.algorithms.kl import kl_estimate
+from rlhf.algorithms.kl import kl_estimate, sequence_kl
 from rlhf.algorithms.policy import (
     PolicyGradient,
     PolicyGradientConfig,
-    check_kl_placement,
     policy_loss_terms,
-    policy_needs,
     set_loss_weights,
     token_mean,
-    valid_rows,
 )
 from rlhf.batch import TrainBatch
 
@@ -34,39 +29,22 @@ if TYPE_CHECKING:
 
 class RLOOConfig(PolicyGradientConfig):
     name: Literal["rloo"] = "rloo"
-    beta: float = Field(0.0, ge=0, description="KL coefficient; 0 skips the reference pool")
-    kl_in_reward: bool = Field(True, description="KL in the reward (k1 sum) or a loss term")
-    kl_estimator: Literal["k1", "k2", "k3"] = Field(
-        "k1", description="k1 in the reward; use k2/k3 when kl_in_reward is false"
-    )
 
     def check(self, cfg: Config) -> None:
-        check_kl_placement(self.kl_estimator, not self.kl_in_reward, self.beta)
-        if cfg.rollout.samples_per_prompt < 2:
+        super().check(cfg)
+        if cfg.samples_per_prompt() < 2:
             raise ValueError(
                 "rollout.samples_per_prompt must be >= 2 for rloo (the baseline is the other samples)"
             )
 
 
-def sequence_kl(batch: TrainBatch, estimator: str) -> np.ndarray:
-    """[B, T] per-token KL of the sampled tokens (pre-update policy vs reference), zero
-    outside completions. Pre-update log-probs: the learner's if computed, else the sampler's."""
-    old = batch["old_logprobs"] if "old_logprobs" in batch else batch["sampler_logprobs"]
-    kl = kl_estimate(torch.from_numpy(old), torch.from_numpy(batch["ref_logprobs"]), estimator)
-    return kl.numpy() * batch["completion_mask"]
-
-
 class RLOO(PolicyGradient):
     name = "rloo"
+    config = RLOOConfig
     cfg: RLOOConfig
 
-    @property
-    def needs(self) -> frozenset[str]:
-        return frozenset(policy_needs(self.cfg, self.cfg.beta, self.cfg.kl_in_reward))
-
     def prepare(self, batch: TrainBatch) -> dict[str, float]:
-        valid = valid_rows(batch, self.cfg)
-        rewards = np.where(valid, batch["rewards"], np.nan)
+        valid, rewards = self.valid_rewards(batch)
         metrics: dict[str, float] = {}
         if self.cfg.beta > 0 and self.cfg.kl_in_reward:
             kl = sequence_kl(batch, self.cfg.kl_estimator)

@@ -1,10 +1,24 @@
 """A prompt's token ids: chat messages through the tokenizer's chat template (with the
-generation prompt), plain text as it is."""
+generation prompt), plain text as it is; and the tiny models' chat template."""
 
 from __future__ import annotations
 
 from rlhf.configbase import ConfigError
 from rlhf.types import Prompt
+
+# A chat template so chat-style prompts work the way users expect from real models.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
+
+
+def render_chat(messages: list[dict[str, str]]) -> str:
+    """`messages` as the tiny tokenizer's chat template renders them, generation prompt
+    included (what a run feeds the model), for corpora built before any tokenizer exists."""
+    import jinja2
+
+    return jinja2.Template(CHAT_TEMPLATE).render(messages=messages, add_generation_prompt=True)
 
 
 def prompt_ids(tokenizer, prompt: Prompt) -> list[int]:

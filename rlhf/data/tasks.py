@@ -12,9 +12,9 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from rlhf.config import ConfigError, TaskConfig
+from rlhf.data.chat import render_chat
 from rlhf.data.word_problems import PRACTICE, practice_lines, without_background
 from rlhf.data.word_problems import generate as generate_word_problems
-from rlhf.models.tiny import render_chat
 from rlhf.types import Prompt
 
 

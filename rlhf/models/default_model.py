@@ -69,7 +69,7 @@ def build_untrained(cfg: Config, work: Path, task) -> None:
 
 def _build(cfg: Config, work: Path) -> dict[str, float]:
     from rlhf.data.tasks import make_task
-    from rlhf.warmstart import warm_start
+    from rlhf.models.warm_start import warm_start
 
     task = make_task(cfg.task)
     t = cfg.model.tiny

@@ -11,21 +11,9 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from rlhf.data.chat import CHAT_TEMPLATE
+
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
-
-# A chat template so chat-style prompts work the way users expect from real models.
-CHAT_TEMPLATE = (
-    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}assistant: {% endif %}"
-)
-
-
-def render_chat(messages: list[dict[str, str]]) -> str:
-    """`messages` as the tiny tokenizer's chat template renders them, generation prompt
-    included (what a run feeds the model), for corpora built before any tokenizer exists."""
-    import jinja2
-
-    return jinja2.Template(CHAT_TEMPLATE).render(messages=messages, add_generation_prompt=True)
 
 
 def train_tokenizer(corpus: list[str], vocab_size: int = 512):

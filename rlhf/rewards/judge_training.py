@@ -27,9 +27,9 @@ import torch
 from rlhf.config import Config
 from rlhf.models.grow import add_identity_layers
 from rlhf.models.logprobs import model_logits, pad_id_of, pad_rows
+from rlhf.models.warm_start import _lr_factor, supervised_step
 from rlhf.rewards.verdicts import DEFAULT_TEMPLATE, Verdict, fill_template
 from rlhf.types import Prompt
-from rlhf.warmstart import _lr_factor, supervised_step
 
 MISTAKES = (
     "plus_one",

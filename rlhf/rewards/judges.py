@@ -3,7 +3,7 @@
 Kinds (`reward.judge.kind`):
 - reward: the configured reward functions (and reward models) as a Bradley-Terry judge,
   P = sigmoid((r_a - r_b) / tau). Training scores every sample once and compares in the
-  controller (`rlhf.preferences.comparisons_from_rewards`); evaluation calls `judge` here.
+  controller (`rlhf.rewards.comparisons.comparisons_from_rewards`); evaluation calls `judge` here.
 - function: a user function `judge(prompts, completions_a, completions_b, **columns)
   -> list[float]` returning probabilities, importable on the reward worker.
 - llm: a generative judge model on the reward worker (rlhf.rewards.llm_judge).
@@ -132,7 +132,7 @@ def in_both_orders(
     """P(a > b) averaged over both presentation orders, and how much the orders disagree."""
     p_ab, m1 = ask(completions_a, completions_b)
     p_ba, m2 = ask(completions_b, completions_a)
-    from rlhf.metrics import combine
+    from rlhf.telemetry.metrics import combine
 
     metrics = combine([m1, m2])
     gap = np.abs(p_ab - (1.0 - p_ba))

@@ -11,12 +11,15 @@ Every such event is counted in the returned metrics and logged.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import logging
 import math
+import os
+import sys
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -156,3 +159,18 @@ def score_batch(
     result = np.where(dropped, np.nan, total).astype(np.float32)
     metrics["reward/dropped"] = float(dropped.sum())
     return result, metrics
+
+
+@contextlib.contextmanager
+def launch_dir_importable() -> Iterator[None]:
+    """The workers import 'module:function' with the launch directory on PYTHONPATH; the
+    `rlhf` console script's sys.path lacks it."""
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        yield
+    finally:
+        if added:
+            sys.path.remove(cwd)

@@ -21,13 +21,13 @@ import torch
 
 from rlhf.batch import longest_first, pack_micro_batches
 from rlhf.config import Config, ConfigError, RewardModelTrainingConfig, dump_config
-from rlhf.learner.deepspeed_setup import single_rank_engine
 from rlhf.models.dtypes import pool_dtype
 from rlhf.models.logprobs import pad_rows
 from rlhf.models.reward_model import ScalarReward, encode, init_from_folder, pad_id_of
 from rlhf.rewards.bradley_terry import bradley_terry_loss, pair_accuracy
 from rlhf.rewards.pairs import Pair, read_pairs, sampled_pairs, split_by_prompt, task_pairs
-from rlhf.rewards.reward_model import RewardModelScorer
+from rlhf.rewards.reward_model_scorer import RewardModelScorer
+from rlhf.training.deepspeed_setup import single_rank_engine
 
 METRICS_FILE = "reward_model_metrics.json"
 TRAIN_ACCURACY_PAIRS = 2048  # training pairs re-scored at the end (a sample, for speed)
@@ -60,7 +60,7 @@ def policy_mistakes(cfg: Config, prompts, samples: int, seed: int) -> list[Pair]
     transformers at temperature 1) against the right answers."""
     from rlhf.data.tasks import make_task
     from rlhf.models.default_model import prepare_model
-    from rlhf.winrate import sample_completions
+    from rlhf.models.generation import sample_completions
 
     task = make_task(cfg.task)
     texts = [p.text for p in prompts for _ in range(samples)]
@@ -155,7 +155,7 @@ def fit(
 def save(model: ScalarReward, tokenizer, out: Path) -> None:
     """The classifier in Hugging Face format (AutoModelForSequenceClassification) and the
     tokenizer. Parameters are gathered first, in case ZeRO-3 partitioned them."""
-    from rlhf.learner.export import full_parameters
+    from rlhf.training.export import full_parameters
 
     out.mkdir(parents=True, exist_ok=True)
     state = dict(full_parameters(model.classifier, "cpu"))

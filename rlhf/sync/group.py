@@ -29,6 +29,14 @@ SENDER = 0
 CANCEL_KEY = "cancel"  # posted by `cancel_sync`: every wait of the group gives up
 
 
+def resolve_backend(choice: str, uses_gpus: bool) -> str:
+    """A process group's backend: 'auto' means NCCL when every member uses a GPU, gloo
+    otherwise (the one rule for the training groups and the weight-sync group)."""
+    if choice != "auto":
+        return choice
+    return "nccl" if uses_gpus else "gloo"
+
+
 def cancel_sync(host: str, port: int, reason: str, timeout_s: float = 10.0) -> None:
     """Make every member of the sync group whose store is at host:port stop waiting (a
     member died: the others would otherwise wait out `sync.timeout_s`). The group must be

@@ -6,19 +6,19 @@ import logging
 import math
 import os
 
-from rlhf.config import TopologyConfig
+from rlhf.config import Config, TopologyConfig
 
 
-def compute_threads(role: str, topology: TopologyConfig, workers: int | None = None) -> int:
+def compute_threads(role: str, cfg: Config, workers: int | None = None) -> int:
     """Threads an actor of pool `role` computes with. A colocated pool takes its turn alone on
     the cores it shares with the other colocated pools, so its actors use all of them between
     them; a pool that may run at the same time as others keeps to its Ray reservation, so
     none oversubscribes the cores. `workers`: the pool's actors, where the caller knows
     better than the config (a DeepSpeed group's size)."""
-    pool = getattr(topology, role)
-    if topology.is_colocated(role):  # the pool's actors compute together: they split them
+    pool = getattr(cfg.topology, role)
+    if cfg.is_colocated(role):  # the pool's actors compute together: they split them
         actors = workers if workers is not None else pool.workers
-        return max(1, colocated_cores(topology) // max(actors, 1))
+        return max(1, colocated_cores(cfg.topology) // max(actors, 1))
     return max(1, math.ceil(pool.num_cpus))
 
 
@@ -27,14 +27,12 @@ def colocated_cores(topology: TopologyConfig) -> int:
     return topology.colocated_threads or len(os.sched_getaffinity(0))
 
 
-def setup_worker_process(
-    role: str, topology: TopologyConfig, seed: int, workers: int | None = None
-) -> int:
+def setup_worker_process(role: str, cfg: Config, seed: int, workers: int | None = None) -> int:
     """Threads follow the topology (RLHF_TORCH_THREADS overrides); logs go to the Ray worker
     log with a prefix. Returns the thread count."""
     import torch
 
-    threads = int(os.environ.get("RLHF_TORCH_THREADS", compute_threads(role, topology, workers)))
+    threads = int(os.environ.get("RLHF_TORCH_THREADS", compute_threads(role, cfg, workers)))
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -54,8 +52,8 @@ class WorkerIdentity:
         return os.getpid()
 
     def memory(self) -> dict[str, float]:
-        """This process's memory: now, and its peak since the last call (`rlhf.memory`)."""
-        from rlhf.memory import process_memory
+        """This process's memory: now, and its peak since the last call (`rlhf.telemetry.memory`)."""
+        from rlhf.telemetry.memory import process_memory
 
         return process_memory(reset_peak=True)
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from rlhf.algorithms.base import ForwardOutput
-from rlhf.learner.train_step import Tensors
 from rlhf.models.value_model import load_value_model
+from rlhf.training.train_step import Tensors
 from rlhf.workers.deepspeed_worker import DeepSpeedWorker
 
 

@@ -15,16 +15,15 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from rlhf.algorithms import make_algorithm
 from rlhf.algorithms.base import ForwardOutput
 from rlhf.batch import Shard
 from rlhf.checkpoint import CHECKPOINT_TAG, read_rng_states, write_rng_states
 from rlhf.config import Config, LearnerConfig
-from rlhf.learner import export
-from rlhf.learner.deepspeed_setup import build_engine, init_process_group, resolve_backend
-from rlhf.learner.train_step import StepSettings, Tensors, forward_rows, train_on_shard
 from rlhf.models.dtypes import pool_dtype
-from rlhf.sync.group import host_store
+from rlhf.sync.group import host_store, resolve_backend
+from rlhf.training import export
+from rlhf.training.deepspeed_setup import build_engine, init_process_group
+from rlhf.training.train_step import StepSettings, Tensors, forward_rows, train_on_shard
 from rlhf.workers.common import WorkerIdentity, setup_worker_process
 
 
@@ -33,12 +32,12 @@ class DeepSpeedWorker(WorkerIdentity, ABC):
 
     def __init__(self, cfg: Config, rank: int, world_size: int, model_path: str) -> None:
         # the ranks split the cores by the group's real size (the config may say 'auto')
-        setup_worker_process(self.role, cfg.topology, cfg.run.seed, world_size)
+        setup_worker_process(self.role, cfg, cfg.run.seed, world_size)
         self.cfg = cfg
         self.rank, self.world_size = rank, world_size
         self.name = f"{self.role}-{rank}"
         self.model_path = model_path
-        self.algorithm = make_algorithm(cfg.algorithm, cfg.rollout.max_new_tokens)
+        self.algorithm = cfg.make_algorithm()
         self.engine = None
 
     # ------------------------------------------------------------------ what differs
@@ -78,7 +77,7 @@ class DeepSpeedWorker(WorkerIdentity, ABC):
             master_port,
             self.rank,
             self.world_size,
-            resolve_backend(self.settings.backend),
+            resolve_backend(self.settings.backend, torch.cuda.is_available()),
             join_timeout_s=cfg.sync.timeout_s,
             # collectives wait for the slowest rank (e.g. rank 0 writing a checkpoint)
             op_timeout_s=max(cfg.run.call_timeout_s, cfg.sync.timeout_s),

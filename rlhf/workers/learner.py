@@ -7,8 +7,6 @@ import numpy as np
 import torch
 
 from rlhf.algorithms.base import ForwardOutput
-from rlhf.learner import export
-from rlhf.learner.train_step import Tensors
 from rlhf.models.loading import load_policy
 from rlhf.models.logprobs import (
     completion_tail,
@@ -19,6 +17,8 @@ from rlhf.models.logprobs import (
 )
 from rlhf.sync.buckets import ParamSpec
 from rlhf.sync.group import SyncEndpoint, WeightSyncGroup, host_store
+from rlhf.training import export
+from rlhf.training.train_step import Tensors
 from rlhf.workers.deepspeed_worker import DeepSpeedWorker
 
 

@@ -16,7 +16,7 @@ class ReferenceWorker(WorkerIdentity):
     def __init__(self, cfg: Config, index: int, model_path: str) -> None:
         from transformers import AutoModelForCausalLM
 
-        setup_worker_process("reference", cfg.topology, cfg.run.seed)
+        setup_worker_process("reference", cfg, cfg.run.seed)
         self.name = f"reference-{index}"
         # the learner's limits (the reference section has none of its own)
         self.micro_batch_size = cfg.learner.micro_batch_size

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rlhf.config import Config
-from rlhf.preferences import preference_from_rewards
+from rlhf.rewards.comparisons import preference_from_rewards
 from rlhf.rewards.judges import (
     call_judge,
     checked_probabilities,
@@ -16,7 +16,7 @@ from rlhf.rewards.judges import (
     resolve_judge_function,
     summarize,
 )
-from rlhf.rewards.reward_model import RewardModelScorer
+from rlhf.rewards.reward_model_scorer import RewardModelScorer
 from rlhf.rewards.scoring import (
     NamedReward,
     resolve_reward_function,
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 class RewardWorker(WorkerIdentity):
     def __init__(self, cfg: Config, index: int) -> None:
-        setup_worker_process("reward", cfg.topology, cfg.run.seed)
+        setup_worker_process("reward", cfg, cfg.run.seed)
         self.name = f"reward-{index}"
         self.on_error = cfg.reward.on_error
         self.rewards = [

@@ -18,17 +18,16 @@ class RolloutWorker(WorkerIdentity):
     ) -> None:
         from transformers import AutoTokenizer
 
-        from rlhf.algorithms import make_algorithm
         from rlhf.engines import make_engine
         from rlhf.models.dtypes import pool_dtype
 
-        setup_worker_process("rollout", cfg.topology, cfg.run.seed + 7919 * (index + 1))
+        setup_worker_process("rollout", cfg, cfg.run.seed + 7919 * (index + 1))
         self.cfg = cfg
         self.name = f"rollout-{index}"
         self.index = index
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         # The reference of the mixture is the initial policy, as for the reference pool.
-        self.mixture = make_algorithm(cfg.algorithm, cfg.rollout.max_new_tokens).sampling_mixture
+        self.mixture = cfg.make_algorithm().sampling_mixture
         self.engine = make_engine(
             cfg.rollout,
             model_path,
@@ -115,7 +114,7 @@ def on_gpus(cfg: Config) -> bool:
 
 def uses_sleep_mode(cfg: Config) -> bool:
     """A colocated rollout pool on GPUs frees its memory while the other pools compute."""
-    return cfg.topology.is_colocated("rollout") and on_gpus(cfg)
+    return cfg.is_colocated("rollout") and on_gpus(cfg)
 
 
 def interleave(first: Generation, second: Generation, n_first: int, n_second: int) -> Generation:

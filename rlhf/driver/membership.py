@@ -1,4 +1,4 @@
-"""The controller's side of the elastic pools (`rlhf.elastic`): `rlhf scale` requests,
+"""The controller's side of the elastic pools (`rlhf.runtime.elastic`): `rlhf scale` requests,
 workers let in and out between iterations, and the rollout pool's weight sync, which is
 where rollout workers join and leave and where a sync that loses a member is recovered."""
 
@@ -7,10 +7,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from rlhf.control import take_scale_requests
-from rlhf.events import EventLog
-from rlhf.pools import Pools, SyncFailed
-from rlhf.scheduler import RolloutScheduler
+from rlhf.driver.scheduler import RolloutScheduler
+from rlhf.runtime.control import take_scale_requests
+from rlhf.runtime.pools import Pools, SyncFailed
+from rlhf.telemetry.events import EventLog
 
 
 class Membership:

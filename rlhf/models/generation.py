@@ -1,4 +1,5 @@
-"""Greedy evaluation with plain transformers (tests and studies; a run uses its engines)."""
+"""Completions with plain transformers, greedy or sampled, and greedy accuracy (tests, studies,
+the warm start's check, `rlhf eval`; a run generates with its engines)."""
 
 from __future__ import annotations
 
@@ -85,3 +86,21 @@ def greedy_accuracy(
     columns = {k: [p.columns[k] for p in prompts] for k in prompts[0].columns}
     scores = [s for s in reward_fn(texts, completions, **columns) if s is not None]
     return float(sum(scores) / len(scores)) if scores else float("nan")
+
+
+def sample_completions(
+    model_path: str,
+    prompts: Sequence[Prompt | str],
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+    batch_size: int = 256,
+) -> list[str]:
+    """One completion per prompt with plain transformers (temperature 0: greedy); chat
+    prompts through the model's chat template."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    torch.manual_seed(seed)
+    return completions_of(model, tokenizer, prompts, max_new_tokens, temperature, batch_size)

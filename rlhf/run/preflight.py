@@ -10,29 +10,11 @@ directory the user launched from.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
-from collections.abc import Iterator
-
 from rlhf.config import Config, ConfigError
 from rlhf.data.lengths import PromptFit
 from rlhf.data.tasks import Task
-
-
-@contextlib.contextmanager
-def launch_dir_importable() -> Iterator[None]:
-    """The workers import 'module:function' with the launch directory on PYTHONPATH; the
-    `rlhf` console script's sys.path lacks it."""
-    cwd = os.getcwd()
-    added = cwd not in sys.path
-    if added:
-        sys.path.insert(0, cwd)
-    try:
-        yield
-    finally:
-        if added:
-            sys.path.remove(cwd)
+from rlhf.evaluation.plan import prompt_columns
+from rlhf.rewards.scoring import launch_dir_importable
 
 
 def check_before_start(cfg: Config) -> Task:
@@ -80,12 +62,21 @@ def check_before_start(cfg: Config) -> Task:
                 )
     if cfg.ray.address is None:  # on a cluster the folders are the nodes' business
         from rlhf.rewards.llm_judge import judge_model_folder
-        from rlhf.train import check_reward_models
 
         check_reward_models(cfg)
         if cfg.reward.judge.kind == "llm":
             judge_model_folder(cfg.reward.judge.llm.path)
     return task
+
+
+def check_reward_models(cfg: Config) -> None:
+    """On a local cluster the workers read this machine's files: a reward-model folder that
+    cannot be used is reported before any actor starts, and relative paths become absolute
+    (a worker's working directory is not the launcher's)."""
+    from rlhf.models.reward_model import check_folder
+
+    for i, m in enumerate(cfg.reward.models):
+        m.path = str(check_folder(m.path, f"reward.models[{i}].path").resolve())
 
 
 def fit_to_model(cfg: Config, task: Task, model_path: str) -> PromptFit:
@@ -100,47 +91,9 @@ def fit_to_model(cfg: Config, task: Task, model_path: str) -> PromptFit:
     return fit_prompts(cfg, task, model_path, lambda p: len(prompt_ids(tokenizer, p)))
 
 
-def prompt_columns(task: Task) -> list[str]:
-    """The dataset columns the prompts carry (every row of a file has the same)."""
-    first = (task.train_prompts or task.eval_prompts)[:1]
-    return list(first[0].columns) if first else []
-
-
 def training_scores_rewards(cfg: Config) -> bool:
     """Whether training calls the reward functions: a policy-gradient algorithm, or a
     preference algorithm judged by the rewards (`reward.judge.kind=reward`)."""
-    from rlhf.algorithms import make_algorithm
 
-    needs = make_algorithm(cfg.algorithm, cfg.rollout.max_new_tokens).needs
+    needs = cfg.make_algorithm().needs
     return "rewards" in needs or ("preferences" in needs and cfg.reward.judge.kind == "reward")
-
-
-def evaluation_skipped(cfg: Config, task: Task) -> str | None:
-    """Why a run has no greedy held-out evaluation, or None when it has one. It scores with
-    the built-in task's reward, or with the configured reward functions; a preference run
-    judged otherwise may carry functions its prompts cannot feed (the default
-    `addition_exact` on a file without `answer`): then there is nothing to measure with."""
-    from rlhf.rewards.scoring import missing_columns, resolve_reward_function
-
-    if not task.eval_prompts:
-        return (
-            "no held-out prompts: give data.eval, or a data.eval_fraction above 0"
-            if cfg.data.train is not None
-            else "no held-out prompts"
-        )
-    if task.default_reward is not None:
-        return None
-    columns = prompt_columns(task)
-    with launch_dir_importable():
-        for i, fn in enumerate(cfg.reward.functions):
-            if fn.remote is not None:
-                continue
-            missing = missing_columns(resolve_reward_function(fn.name), 2, columns)
-            if missing:
-                return (
-                    f"reward.functions[{i}] ({fn.name}) needs the column(s) "
-                    f"{', '.join(missing)}, which the prompts lack; the policy is trained by "
-                    f"the judge (reward.judge.kind={cfg.reward.judge.kind}): compare policies "
-                    "with it by `rlhf eval`"
-                )
-    return None

@@ -1,6 +1,6 @@
 """`topology.learner.workers: auto`: the learner's DeepSpeed rank count, from the model and the
-machine, decided once when a run starts (the run folder's config.yaml keeps the number, so a
-resume gets the same ranks).
+machine, decided when a run starts (the run folder's config.yaml keeps 'auto'; a resume takes
+the count its checkpoint was written with).
 
 On CPU the ranks share the machine's cores, so a second rank adds no compute: it splits each
 step's rows in two, which pays on small models (processes beat threads on small matrices), and
@@ -59,12 +59,20 @@ def auto_learner_ranks(parameters: int, cores: int, on_gpus: bool) -> tuple[int,
     )
 
 
-def resolve_learner_ranks(cfg: Config, model_path: str) -> str | None:
-    """Replace `topology.learner.workers: auto` in `cfg` with a number; the line saying why,
-    or None when the number was given."""
+def resolve_learner_ranks(
+    cfg: Config, model_path: str, checkpoint_ranks: int | None = None
+) -> str | None:
+    """Replace `topology.learner.workers: auto` in `cfg` with a number (the run folder's
+    config.yaml keeps 'auto'); the line saying why, or None when the number was given. A
+    resumed run takes its checkpoint's count: DeepSpeed reloads onto as many ranks."""
     learner = cfg.topology.learner
     if learner.workers != "auto":
         return None
+    if checkpoint_ranks:
+        learner.workers = checkpoint_ranks
+        return (
+            f"learner ranks: {checkpoint_ranks} (topology.learner.workers=auto: the checkpoint's)"
+        )
     cores = colocated_cores(cfg.topology)
     ranks, why = auto_learner_ranks(model_parameters(model_path), cores, learner.num_gpus > 0)
     learner.workers = ranks

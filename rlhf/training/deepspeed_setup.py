@@ -18,15 +18,9 @@ import torch.distributed as dist
 
 from rlhf.config import LearnerConfig
 from rlhf.models.dtypes import DTYPES
+from rlhf.sync.group import resolve_backend
 
 SHM_COMM_OP = "deepspeed_shm_comm"
-
-
-def resolve_backend(choice: str) -> str:
-    """'auto' means NCCL when this process sees a GPU, gloo otherwise."""
-    if choice != "auto":
-        return choice
-    return "nccl" if torch.cuda.is_available() else "gloo"
 
 
 def init_process_group(
@@ -184,7 +178,7 @@ def single_rank_group(backend: str) -> Iterator[None]:
         int(store.port),
         rank=0,
         world_size=1,
-        backend=resolve_backend(backend),
+        backend=resolve_backend(backend, torch.cuda.is_available()),
         join_timeout_s=60,
         op_timeout_s=600,
         store=store,

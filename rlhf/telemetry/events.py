@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("rlhf.events")
+log = logging.getLogger("rlhf.telemetry.events")
 
 WARNINGS = {"worker_died", "sync_failed", "worker_start_failed", "worker_slow_to_start"}
 

@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 def make_run_dir(cfg: Config) -> Path:
     """The run's folder; `run.name` is set to its name (the Ray namespace and metric tags
     use it)."""
-    from rlhf.cluster import in_ray_job
+    from rlhf.runtime.cluster import in_ray_job
 
     cfg.run.name = cfg.run.name or time.strftime("%Y%m%d-%H%M%S")
     run_dir = (Path(cfg.run.output_dir).expanduser() / cfg.run.name).absolute()
@@ -54,9 +54,9 @@ def train(cfg: Config, resume_from: Path | None = None) -> dict[str, Any]:
     """A run from the start, or from the checkpoint `resume_from` (in cfg's run folder)."""
     import ray
 
-    from rlhf.controller import Trainer
+    from rlhf.driver.trainer import Trainer
     from rlhf.models.default_model import prepare_model
-    from rlhf.preflight import check_before_start, fit_to_model
+    from rlhf.run.preflight import check_before_start, fit_to_model
 
     started = time.perf_counter()
     task = check_before_start(cfg)  # a user's mistake stops here: no run folder, no actor
@@ -79,16 +79,6 @@ def train(cfg: Config, resume_from: Path | None = None) -> dict[str, Any]:
             ray.shutdown()
     summary["seconds/total"] = time.perf_counter() - started
     return summary
-
-
-def check_reward_models(cfg: Config) -> None:
-    """On a local cluster the workers read this machine's files: a reward-model folder that
-    cannot be used is reported before any actor starts, and relative paths become absolute
-    (a worker's working directory is not the launcher's)."""
-    from rlhf.models.reward_model import check_folder
-
-    for i, m in enumerate(cfg.reward.models):
-        m.path = str(check_folder(m.path, f"reward.models[{i}].path").resolve())
 
 
 def format_summary(summary: dict[str, Any]) -> str:

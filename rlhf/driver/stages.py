@@ -19,16 +19,21 @@ import math
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from rlhf.algorithms.base import STAGES
 from rlhf.batch import TrainBatch, plan_shards, scatter_rows
-from rlhf.dispatch import Pending, Pool
-from rlhf.metrics import combine
-from rlhf.preferences import Comparisons, comparisons_from_rewards, unit_pairs
+from rlhf.rewards.comparisons import Comparisons, comparisons_from_rewards, unit_pairs
 from rlhf.rewards.judges import JudgeConfig
+from rlhf.runtime.dispatch import Pending, Pool
+from rlhf.telemetry.metrics import combine
 from rlhf.types import Prompt, Rollout
+
+if TYPE_CHECKING:
+    from rlhf.config import Config
+    from rlhf.runtime.pools import Pools
 
 MODEL_INPUTS = ["input_ids", "attention_mask"]
 
@@ -83,6 +88,11 @@ class Stage(ABC):
         self.pool = pool
         self.timeout_s = timeout_s
         self._started = 0.0
+
+    @classmethod
+    def build(cls, pools: Pools, cfg: Config, timeout_s: float) -> Stage:
+        """This stage of a run, on the pool the stage table gives its column."""
+        return cls(getattr(pools, STAGES[cls.column]), timeout_s)
 
     def submit(self, s: Sampled) -> Pending:
         self._started = time.perf_counter()
@@ -140,6 +150,10 @@ class PreferenceStage(Stage):
 
     column = "preferences"
     time_key = "time/judge"
+
+    @classmethod
+    def build(cls, pools: Pools, cfg: Config, timeout_s: float) -> Stage:
+        return cls(getattr(pools, STAGES[cls.column]), timeout_s, cfg.reward.judge)
 
     def __init__(self, pool: Pool, timeout_s: float, judge: JudgeConfig) -> None:
         super().__init__(pool, timeout_s)
@@ -213,6 +227,18 @@ class ForwardStage(Stage):
         self.max_tokens = max_tokens_per_micro_batch
         self._shards: list = []
 
+    @classmethod
+    def build(cls, pools: Pools, cfg: Config, timeout_s: float) -> Stage:
+        """On a DeepSpeed pool, with that pool's micro-batch limits (`learner.*`, `critic.*`)."""
+        pool = STAGES[cls.column]
+        limits = getattr(cfg, pool)
+        return cls(
+            getattr(pools, pool),
+            timeout_s,
+            limits.micro_batch_size,
+            limits.max_tokens_per_micro_batch,
+        )
+
     def _submit(self, s: Sampled) -> Pending:
         inputs = s.batch.only([*MODEL_INPUTS, "completion_mask"])
         self._shards = plan_shards(
@@ -249,6 +275,13 @@ class ValueStage(ForwardStage):
     column = "values"
     field = "values"
     time_key = "time/values"
+
+
+# The stage that fills each column of the stage table (rlhf.algorithms.base.STAGES).
+STAGE_CLASSES: dict[str, type[Stage]] = {
+    cls.column: cls
+    for cls in (RewardStage, PreferenceStage, ReferenceStage, OldLogprobStage, ValueStage)
+}
 
 
 def rollout_metrics(s: Sampled) -> dict[str, float]:

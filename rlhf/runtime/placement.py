@@ -21,7 +21,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rlhf.config import PoolConfig
-from rlhf.remote import RemoteCallTimeout
+from rlhf.runtime.remote import RemoteCallTimeout
 
 STRATEGIES = {
     "pack": "PACK",

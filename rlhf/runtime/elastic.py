@@ -26,11 +26,11 @@ from typing import Any
 
 import ray
 
-from rlhf import worker_logs
 from rlhf.config import ElasticConfig
-from rlhf.dispatch import Pool
-from rlhf.events import EventLog
-from rlhf.remote import WorkerDied
+from rlhf.runtime import worker_logs
+from rlhf.runtime.dispatch import Pool
+from rlhf.runtime.remote import WorkerDied
+from rlhf.telemetry.events import EventLog
 
 # index -> (name, actor handle): starts one worker of the pool
 Spawn = Callable[[int], tuple[str, Any]]

@@ -12,7 +12,7 @@ Every wait of the controller goes through `wait` or `result`, which keep the wor
 while they wait: with `rollout.max_staleness = k > 0` the controller submits the next k
 batches before it trains, and they are generated while the learner works.
 
-Workers come and go (`rlhf.elastic`): a worker whose call fails because it died is dropped
+Workers come and go (`rlhf.runtime.elastic`): a worker whose call fails because it died is dropped
 and its call goes back to the front of the queue, so no prompt is lost and none is generated
 twice; a worker marked leaving gets no new call; a new worker is `add`ed once it holds the
 current weights. A queue that no worker is left to serve calls `on_starved`, which brings a
@@ -30,9 +30,9 @@ from typing import Any
 
 import ray
 
-from rlhf.dispatch import Pending, Pool
-from rlhf.elastic import ElasticPool
-from rlhf.remote import RemoteCallTimeout, WorkerDied, gather
+from rlhf.runtime.dispatch import Pending, Pool
+from rlhf.runtime.elastic import ElasticPool
+from rlhf.runtime.remote import RemoteCallTimeout, WorkerDied, gather
 from rlhf.types import Rollout
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Iterable
 
+from rlhf.algorithms.base import started_pools
 from rlhf.config import Config
 
 log = logging.getLogger(__name__)
@@ -13,38 +15,30 @@ log = logging.getLogger(__name__)
 SCALE_ROOM = 4  # a local cluster's CPUs, as a multiple of what the pools reserve at start
 
 
-def started_pools(uses_reference: bool, uses_critic: bool = False) -> list[str]:
-    """The pools a run starts: reference and critic only when the algorithm needs them."""
-    return (
-        ["rollout", "learner", "reward"]
-        + (["reference"] if uses_reference else [])
-        + (["critic"] if uses_critic else [])
-    )
-
-
-def requested_cpus(cfg: Config, uses_reference: bool, uses_critic: bool = False) -> float:
-    pools = [getattr(cfg.topology, p) for p in started_pools(uses_reference, uses_critic)]
+def requested_cpus(cfg: Config, needs: Iterable[str]) -> float:
+    """The CPUs the started pools reserve (`needs`: the algorithm's stage columns)."""
+    pools = [getattr(cfg.topology, p) for p in started_pools(needs)]
     return sum(p.workers * p.num_cpus for p in pools)
 
 
-def threads_at_once(cfg: Config, uses_reference: bool, uses_critic: bool = False) -> int:
+def threads_at_once(cfg: Config, needs: Iterable[str]) -> int:
     """The most threads the pools compute with at the same moment on this machine: every
     disaggregated actor's (they may all work at once), plus the colocated pools' shared
     cores (they take turns)."""
     from rlhf.workers.common import colocated_cores, compute_threads
 
     t = cfg.topology
-    pools = started_pools(uses_reference, uses_critic)
+    pools = started_pools(needs)
     apart = sum(
-        getattr(t, p).workers * compute_threads(p, t) for p in pools if not t.is_colocated(p)
+        getattr(t, p).workers * compute_threads(p, cfg) for p in pools if not cfg.is_colocated(p)
     )
-    shared = any(t.is_colocated(p) for p in pools)
+    shared = any(cfg.is_colocated(p) for p in pools)
     return apart + (colocated_cores(t) if shared else 0)
 
 
-def warn_if_oversubscribed(cfg: Config, uses_reference: bool, uses_critic: bool) -> None:
+def warn_if_oversubscribed(cfg: Config, needs: Iterable[str]) -> None:
     cores = len(os.sched_getaffinity(0))
-    wanted = threads_at_once(cfg, uses_reference, uses_critic)
+    wanted = threads_at_once(cfg, needs)
     if wanted > cores:
         log.warning(
             "the topology computes with up to %d threads at once on %d cores: pools that work "
@@ -80,8 +74,9 @@ def in_ray_job() -> bool:
     return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
 
 
-def connect(cfg: Config, uses_reference: bool, uses_critic: bool = False) -> None:
-    """Start a local cluster (`ray.address` None) or join one; no-op when Ray is up."""
+def connect(cfg: Config, needs: Iterable[str] = ()) -> None:
+    """Start a local cluster (`ray.address` None) or join one; no-op when Ray is up. `needs`:
+    the algorithm's stage columns (they decide the pools a local cluster is sized for)."""
     import ray
 
     if ray.is_initialized():
@@ -99,7 +94,7 @@ def connect(cfg: Config, uses_reference: bool, uses_critic: bool = False) -> Non
         env = {k: v for k, v in env.items() if k not in taken}
     runtime_env = {"env_vars": env}
     if cfg.ray.address is None:
-        warn_if_oversubscribed(cfg, uses_reference, uses_critic)
+        warn_if_oversubscribed(cfg, needs)
         dashboard = cfg.ray.include_dashboard
         if dashboard is None:
             dashboard = dashboard_installed()
@@ -108,7 +103,7 @@ def connect(cfg: Config, uses_reference: bool, uses_critic: bool = False) -> Non
         # promises SCALE_ROOM times what the pools start with, so `rlhf scale` and the
         # replacement of a dead worker find room without waiting for one to leave.
         num_cpus = cfg.ray.num_cpus or max(
-            math.ceil(SCALE_ROOM * requested_cpus(cfg, uses_reference, uses_critic)),
+            math.ceil(SCALE_ROOM * requested_cpus(cfg, needs)),
             os.cpu_count() or 1,
         )
         ray.init(

@@ -27,8 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from rlhf.algorithms import make_algorithm
-from rlhf.algorithms.base import STAGE_COLUMNS
+from rlhf.algorithms.base import STAGES
 from rlhf.batch import (
     Shard,
     TrainBatch,
@@ -48,28 +47,25 @@ from rlhf.checkpoint import (
 from rlhf.config import Config, LearnerConfig, dump_config
 from rlhf.data.chat import prompt_ids
 from rlhf.data.lengths import PromptFit, fit_prompts
-from rlhf.dispatch import Pending, Pool, wait_all
-from rlhf.events import EventLog
-from rlhf.membership import Membership
-from rlhf.memory import MemoryProbe
-from rlhf.metrics import MetricsLog, combine, console_line, mean_over
-from rlhf.models.logprobs import pad_id_of
-from rlhf.placement_report import startup_summary
-from rlhf.pools import Pools
-from rlhf.preflight import evaluation_skipped
-from rlhf.ray_metrics import RayMetrics
-from rlhf.scheduler import RolloutScheduler
-from rlhf.stages import (
-    OldLogprobStage,
-    PreferenceStage,
-    ReferenceStage,
+from rlhf.driver.membership import Membership
+from rlhf.driver.scheduler import RolloutScheduler
+from rlhf.driver.stages import (
+    STAGE_CLASSES,
     RewardStage,
     Sampled,
     Stage,
-    ValueStage,
     rollout_metrics,
 )
-from rlhf.tensorboard_log import TensorBoardLog
+from rlhf.evaluation.plan import evaluation_skipped
+from rlhf.models.logprobs import pad_id_of
+from rlhf.runtime.dispatch import Pending, Pool, wait_all
+from rlhf.runtime.placement_report import startup_summary
+from rlhf.runtime.pools import Pools
+from rlhf.telemetry.events import EventLog
+from rlhf.telemetry.memory import MemoryProbe
+from rlhf.telemetry.metrics import MetricsLog, combine, console_line, mean_over
+from rlhf.telemetry.ray_metrics import RayMetrics
+from rlhf.telemetry.tensorboard_log import TensorBoardLog
 from rlhf.types import Prompt
 from rlhf.workers.rollout import uses_sleep_mode
 
@@ -90,9 +86,13 @@ class Trainer:
         `rlhf train` runs before it makes the run folder); None: decided here."""
         from transformers import AutoTokenizer
 
-        from rlhf.learner_ranks import resolve_learner_ranks
+        from rlhf.runtime.learner_ranks import resolve_learner_ranks
 
-        ranks = resolve_learner_ranks(cfg, model_path)  # before config.yaml: resumes keep it
+        written = dump_config(cfg)  # config.yaml keeps what was asked; resolved values aside
+        # Resuming: the checkpoint's state (its learner ranks too), logs cut back to it.
+        self.resume_from = resume_from
+        self.resumed = RunState.read(resume_from) if resume_from is not None else None
+        ranks = resolve_learner_ranks(cfg, model_path, self.resumed and self.resumed.learner_ranks)
         if ranks:
             print(f"[rlhf] {ranks}", flush=True)
         self.cfg = cfg
@@ -102,16 +102,12 @@ class Trainer:
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.fit = fit or fit_prompts(cfg, task, model_path, self.prompt_length)
         self.eval_skipped = evaluation_skipped(cfg, task)
-        self.algorithm = make_algorithm(cfg.algorithm, cfg.rollout.max_new_tokens)
+        self.algorithm = cfg.make_algorithm()
         self.policy_version = 0
         self.pools: Pools | None = None
         self.scheduler: RolloutScheduler | None = None
         self._ahead: dict[int, tuple[list[Prompt], int]] = {}  # batches submitted early
-        # Resuming: the checkpoint's state, and the logs cut back to its iteration.
-        self.resume_from = resume_from
-        self.resumed: RunState | None = None
-        if resume_from is not None:
-            self.resumed = RunState.read(resume_from)
+        if self.resumed is not None:
             truncate_lines(run_dir / "metrics.jsonl", self.resumed.metrics_lines)
             truncate_lines(run_dir / "batches.jsonl", self.resumed.batches_lines)
         self.metrics = MetricsLog(run_dir, continues=self.resumed is not None)
@@ -123,15 +119,15 @@ class Trainer:
         self._examples: list[tuple[str, str, float]] = []
         self._warned: set[str] = set()
         self._positions: dict[int, dict[str, float]] = {}  # iteration -> data/epoch, position
-        (run_dir / "config.yaml").write_text(dump_config(cfg))
+        (run_dir / "config.yaml").write_text(written)
 
     # ------------------------------------------------------------------ set-up
     def start(self) -> None:
-        from rlhf import worker_logs
-        from rlhf.cluster import connect
+        from rlhf.runtime import worker_logs
+        from rlhf.runtime.cluster import connect
 
         needs = self.algorithm.needs
-        connect(self.cfg, "ref_logprobs" in needs, "values" in needs)
+        connect(self.cfg, needs)
         cfg = self.cfg.run
         worker_logs.route_to(self.run_dir / "logs", also_console=cfg.worker_logs_to_console)
         self.pools = Pools.start(
@@ -169,15 +165,11 @@ class Trainer:
 
     def _stages(self, columns: set[str] | frozenset[str]) -> list[Stage]:
         assert self.pools is not None
-        p, t, cfg = self.pools, self.timeout, self.cfg
-        make = {
-            "rewards": lambda: RewardStage(p.reward, t),
-            "preferences": lambda: PreferenceStage(p.reward, t, cfg.reward.judge),
-            "ref_logprobs": lambda: ReferenceStage(p.reference, t),
-            "old_logprobs": lambda: OldLogprobStage(p.learner, t, *_limits(cfg.learner)),
-            "values": lambda: ValueStage(p.critic, t, *_limits(cfg.critic)),
-        }
-        return [make[c]() for c in STAGE_COLUMNS if c in columns]
+        return [
+            STAGE_CLASSES[c].build(self.pools, self.cfg, self.timeout)
+            for c in STAGES
+            if c in columns
+        ]
 
     # ------------------------------------------------------------------ one iteration
     def iteration(self, it: int) -> dict[str, Any]:
@@ -319,7 +311,7 @@ class Trainer:
 
     def _submit(self, prompts: list[Prompt], seed: int, greedy: bool = False) -> int:
         assert self.scheduler is not None
-        n = 1 if greedy else self.cfg.rollout.samples_per_prompt
+        n = 1 if greedy else self.cfg.samples_per_prompt()
         ids = [prompt_ids(self.tokenizer, p) for p in prompts]
         return self.scheduler.submit(ids, n, seed, greedy, "evaluate" if greedy else "generate")
 
@@ -525,6 +517,7 @@ class Trainer:
             batches_lines=count_lines(self.run_dir / "batches.jsonl"),
             eval_before=_finite_or_none(eval_before),
             algorithm=self.algorithm.state(),
+            learner_ranks=len(self.pools.learner) if self.pools else None,
         ).write(partial)
         final = checkpoint_dir(self.run_dir, iterations_done)
         removed = publish(partial, final, self.cfg.run.keep_checkpoints)
@@ -576,7 +569,7 @@ class Trainer:
             )
 
     def close(self) -> None:
-        from rlhf import worker_logs
+        from rlhf.runtime import worker_logs
 
         self.metrics.close()
         if self.tensorboard is not None:
@@ -613,11 +606,6 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
-
-
-def _limits(settings: LearnerConfig) -> tuple[int, int | None]:
-    """A DeepSpeed pool's micro-batch limits: rows, and token slots (None: no budget)."""
-    return settings.micro_batch_size, settings.max_tokens_per_micro_batch
 
 
 def _finite_or_none(value: float | None) -> float | None:

@@ -18,7 +18,7 @@ import torch
 from rlhf.config import WarmStartConfig
 from rlhf.data.chat import prompt_ids
 from rlhf.data.tasks import Task
-from rlhf.eval import greedy_accuracy
+from rlhf.models.generation import greedy_accuracy
 from rlhf.models.logprobs import model_token_logprobs, pad_id_of, pad_rows
 
 EVAL_PROMPTS = 256  # enough to read accuracy to about +-3 points, in a second or two

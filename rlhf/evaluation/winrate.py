@@ -92,26 +92,6 @@ def win_rate_from_probs(probs: np.ndarray, z: float = Z_95) -> WinRate:
 
 
 @torch.no_grad()
-def sample_completions(
-    model_path: str,
-    prompts: Sequence[Prompt | str],
-    max_new_tokens: int,
-    temperature: float,
-    seed: int,
-    batch_size: int = 256,
-) -> list[str]:
-    """One completion per prompt with plain transformers (temperature 0: greedy); chat
-    prompts through the model's chat template."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from rlhf.eval import completions_of
-
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    torch.manual_seed(seed)
-    return completions_of(model, tokenizer, prompts, max_new_tokens, temperature, batch_size)
-
-
 def evaluate_win_rate(
     cfg,
     policy_path: str,
@@ -122,6 +102,7 @@ def evaluate_win_rate(
 ) -> tuple[WinRate, dict[str, float]]:
     """The policy's win rate against the baseline under `cfg.reward.judge`, judged in this
     process by the same code a reward worker runs; `samples` answers per prompt each."""
+    from rlhf.models.generation import sample_completions
     from rlhf.workers.reward import RewardWorker
 
     samples = 1 if greedy else samples

@@ -22,7 +22,7 @@ def _nodes() -> dict[str, dict[str, Any]]:
 
 def startup_summary(pools, places: dict[str, dict[str, Any]], run_dir: Path) -> list[str]:
     """Lines for the console (without prefix); writes placement.json."""
-    from rlhf.cluster import dashboard_url, metrics_endpoints
+    from rlhf.runtime.cluster import dashboard_url, metrics_endpoints
 
     nodes = _nodes()
     workers = {name: {"pool": name.rsplit("-", 1)[0], **place} for name, place in places.items()}

@@ -4,7 +4,7 @@ Process groups: each DeepSpeed pool (learner, critic) has its own training group
 weight-sync group joins learner rank 0 with every serving rollout worker. Adding or removing
 a rollout worker during a run means rebuilding only the sync group (`build_sync_group`);
 the learners' training group is never touched. The rollout, reward and reference pools are
-elastic (`rlhf.elastic`): `spawner(role)` starts one more worker of them.
+elastic (`rlhf.runtime.elastic`): `spawner(role)` starts one more worker of them.
 """
 
 from __future__ import annotations
@@ -16,14 +16,15 @@ from typing import Any
 
 import ray
 
+from rlhf.algorithms.base import started_pools
 from rlhf.config import Config, PoolConfig
-from rlhf.dispatch import Pending, Pool, wait_all
-from rlhf.elastic import ElasticPool, Spawn
-from rlhf.events import EventLog
-from rlhf.placement import PoolPlacement, unplaceable
-from rlhf.remote import RemoteCallError, RemoteCallTimeout, WorkerDied, outcome
+from rlhf.runtime.dispatch import Pending, Pool, wait_all
+from rlhf.runtime.elastic import ElasticPool, Spawn
+from rlhf.runtime.placement import PoolPlacement, unplaceable
+from rlhf.runtime.remote import RemoteCallError, RemoteCallTimeout, WorkerDied, outcome
 from rlhf.sync.buckets import ParamSpec
-from rlhf.sync.group import SyncEndpoint, cancel_sync
+from rlhf.sync.group import SyncEndpoint, cancel_sync, resolve_backend
+from rlhf.telemetry.events import EventLog
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +41,6 @@ class SyncFailed(RemoteCallError):
 def _actor(cls: type, pool: PoolConfig, name: str, placement: PoolPlacement, *args: Any) -> Any:
     remote_cls = ray.remote(num_cpus=pool.num_cpus, num_gpus=pool.num_gpus)(cls)
     return remote_cls.options(name=name, max_restarts=0, **placement.options(name)).remote(*args)
-
-
-def resolve_backend(choice: str, uses_gpus: bool) -> str:
-    if choice != "auto":
-        return choice
-    return "nccl" if uses_gpus else "gloo"
 
 
 @dataclass
@@ -96,18 +91,19 @@ class Pools:
         events: EventLog | None = None,
         max_model_len: int | None = None,
     ) -> Pools:
-        """Start what the topology asks for on the running Ray (`rlhf.cluster.connect`,
+        """Start what the topology asks for on the running Ray (`rlhf.runtime.cluster.connect`,
         which `Trainer.start` calls first): the reference pool only if `needs` has reference
         log-probs, the critic pool only if it has values. `max_model_len`: the rollout
         engines' context (None: `rollout.max_model_len`, or the model's)."""
         from rlhf.workers.critic import CriticWorker
         from rlhf.workers.learner import LearnerWorker
 
-        uses_reference, uses_critic = "ref_logprobs" in needs, "values" in needs
+        started = started_pools(needs)
+        uses_reference, uses_critic = "reference" in started, "critic" in started
         t, timeout = cfg.topology, cfg.run.call_timeout_s
         pools = cls(cfg, model_path=model_path, max_model_len=max_model_len)
         for pool in pools.all():
-            pool.colocated = t.is_colocated(pool.role)
+            pool.colocated = cfg.is_colocated(pool.role)
         ranked = [(pools.learner, LearnerWorker, t.learner)]
         if uses_critic:
             ranked.append((pools.critic, CriticWorker, t.critic))

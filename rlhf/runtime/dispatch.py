@@ -2,7 +2,7 @@
 
 Submitting returns a `Pending`, so independent stages (reward, reference, values, old
 log-probs) run at the same time and are awaited together; `Pending.wait` goes through
-`rlhf.remote.gather` (a deadline, and errors that name the actor).
+`rlhf.runtime.remote.gather` (a deadline, and errors that name the actor).
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from rlhf.remote import RemoteCallError, WorkerDied, gather, gather_outcomes
+from rlhf.runtime.remote import RemoteCallError, WorkerDied, gather, gather_outcomes
 
 
 class Replaceable(Protocol):
-    """What a `Pending` needs to re-send a dead worker's part (`rlhf.elastic.ElasticPool`)."""
+    """What a `Pending` needs to re-send a dead worker's part (`rlhf.runtime.elastic.ElasticPool`)."""
 
     def died(self, name: str, err: BaseException | str) -> None: ...
 

@@ -22,7 +22,7 @@ import torch
 
 from rlhf.algorithms.base import ForwardOutput
 from rlhf.batch import COLUMNS, Shard, TrainBatch, trimmed_width
-from rlhf.metrics import average_steps
+from rlhf.telemetry.metrics import average_steps
 
 Tensors = dict[str, torch.Tensor]
 Forward = Callable[[torch.nn.Module, Tensors], ForwardOutput]

@@ -1,4 +1,0 @@
-"""The DeepSpeed learner: engine set-up, the train step, and full-weight export.
-
-Plain modules (no Ray): `rlhf.workers.learner.LearnerWorker` is the thin actor around them.
-"""

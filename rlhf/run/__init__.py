@@ -1,0 +1,1 @@
+"""Starting a run: `rlhf train`, and the mistakes found before anything starts."""
