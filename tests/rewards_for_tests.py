@@ -31,14 +31,20 @@ def broken_judge(prompts: list[str], completions_a: list[str], completions_b: li
     return [[1.5, float("nan"), "x", 0.25][i % 4] for i in range(len(prompts))]
 
 
-def slow_addition_exact(
+def gated_addition_exact(
     prompts: list[str], completions: list[str], answer, **kwargs: object
 ) -> list[float | None]:
-    """The built-in exact-answer reward, 0.3 s late: iterations long enough for a test to
-    kill the run between two of them."""
+    """The built-in exact-answer reward, held while the file named by $RLHF_TEST_GATE exists
+    (at most 10 minutes): a test that makes the file stops the run at its next scoring, so
+    it can kill the run mid-way whatever the machine's speed."""
+    import os
     import time
+    from pathlib import Path
 
     from rlhf.rewards.builtin import addition_exact
 
-    time.sleep(0.3)
+    gate = os.environ.get("RLHF_TEST_GATE")
+    deadline = time.monotonic() + 600
+    while gate and Path(gate).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     return addition_exact(prompts, completions, answer, **kwargs)

@@ -49,6 +49,27 @@ def test_scale_requests_are_checked_and_taken_once(tmp_path):
         request_scale(tmp_path, {"rollout": 2})
 
 
+def _until_ready_without(store_address, sync: threading.Thread, ready_rank: int, missing_rank: int):
+    """Until the sync in `sync` has a round that sync rank `ready_rank` is ready for and
+    `missing_rank` is not: read from the sync group's store, where each receiver posts
+    `ready/<round>/<rank>` (rlhf.sync.group)."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    host, port = store_address
+    store = dist.TCPStore(host, port, None, is_master=False, timeout=timedelta(seconds=30))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and sync.is_alive():
+        for n in range(1, 200):  # the rounds a test gets to
+            if not store.check([f"ready/{n}/{ready_rank}"]):
+                continue
+            if not store.check([f"ready/{n}/{missing_rank}"]):
+                return
+        time.sleep(0.01)
+    raise AssertionError("the sync never waited for the stopped worker")
+
+
 def test_rlhf_scale_refuses_bad_requests_with_exit_code_2(tmp_path, capsys):
     from rlhf.cli import main
 
@@ -283,8 +304,8 @@ def test_receivers_killed_or_stalled_mid_sync_fail_it_naming_them_and_the_run_re
             target=lambda: synced.update(trainer.membership.sync_rollout(version))
         )
         sync.start()
-        time.sleep(1.0)  # the sender and rollout-0 are in the sync, waiting for rollout-1
-        os.kill(pid, signal.SIGKILL)
+        _until_ready_without(trainer.pools.sync_store, sync, ready_rank=1, missing_rank=2)
+        os.kill(pid, signal.SIGKILL)  # the sender and rollout-0 wait for it in the sync
         sync.join(timeout=180)
         assert not sync.is_alive()
         assert synced["bytes"] > 0  # the second try went through

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.slow
 
 ITERATIONS, SAVE_EVERY = 8, 2
 KILL_AFTER = 3  # metrics lines: iterations 0..2 done, the last one after the checkpoint at 2
+GATE = "RLHF_TEST_GATE"  # while the file it names exists, the run's reward function waits
 
 OVERRIDES = [
     "rollout.engine=hf",  # starts in seconds; the sync path to it is the vLLM one
@@ -38,7 +39,7 @@ OVERRIDES = [
     "algorithm.kl_horizon=100",  # the coefficient moves a lot per iteration: state that shows
     "topology.rollout.workers=1",
     "topology.critic.workers=1",
-    "reward.functions=[{name: 'tests.rewards_for_tests:slow_addition_exact'}]",
+    "reward.functions=[{name: 'tests.rewards_for_tests:gated_addition_exact'}]",
     f"run.iterations={ITERATIONS}",
     f"run.save_every={SAVE_EVERY}",
     "run.keep_checkpoints=2",
@@ -67,20 +68,23 @@ def records(run: Path) -> list[dict]:
 
 def run_and_kill(out: Path, name: str) -> None:
     """Start a run in a session of its own; once it has written KILL_AFTER metrics lines,
-    SIGKILL every process of the session (the driver, and the local Ray it started)."""
-    run = out / name
+    hold it at its next scoring (the gate file) and SIGKILL every process of the session
+    (the driver, and the local Ray it started): killed mid-run on any machine."""
+    run, gate = out / name, out / f"{name}.gate"
     proc = subprocess.Popen(
         cli(*OVERRIDES, f"run.output_dir={out}", f"run.name={name}"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        env={**os.environ, GATE: str(gate)},
     )
     deadline = time.monotonic() + 600
     try:
         while time.monotonic() < deadline and proc.poll() is None:
             metrics = run / "metrics.jsonl"
             if metrics.is_file() and len(metrics.read_text().splitlines()) >= KILL_AFTER:
+                gate.touch()  # the run goes no further than its next reward call
                 break
             time.sleep(0.02)
         assert proc.poll() is None, f"the run ended before the kill: {proc.stderr.read()[-3000:]}"
