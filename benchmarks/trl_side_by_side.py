@@ -200,7 +200,7 @@ def config_path(workload: Workload) -> Path | None:
 def check_comparable(cfg: Config) -> None:
     """Refuse settings the TRL side cannot reproduce (the benchmark would compare apples with
     something else)."""
-    a, learner = cfg.algorithm, cfg.learner
+    a, learner = cfg.make_algorithm().cfg, cfg.learner  # as the run resolves it
     if a.name != "grpo":
         raise SystemExit(f"not comparable with TRL's GRPOTrainer: algorithm.name={a.name}")
     problems = []

@@ -49,27 +49,6 @@ def test_scale_requests_are_checked_and_taken_once(tmp_path):
         request_scale(tmp_path, {"rollout": 2})
 
 
-def _until_ready_without(store_address, sync: threading.Thread, ready_rank: int, missing_rank: int):
-    """Until the sync in `sync` has a round that sync rank `ready_rank` is ready for and
-    `missing_rank` is not: read from the sync group's store, where each receiver posts
-    `ready/<round>/<rank>` (rlhf.sync.group)."""
-    from datetime import timedelta
-
-    import torch.distributed as dist
-
-    host, port = store_address
-    store = dist.TCPStore(host, port, None, is_master=False, timeout=timedelta(seconds=30))
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and sync.is_alive():
-        for n in range(1, 200):  # the rounds a test gets to
-            if not store.check([f"ready/{n}/{ready_rank}"]):
-                continue
-            if not store.check([f"ready/{n}/{missing_rank}"]):
-                return
-        time.sleep(0.01)
-    raise AssertionError("the sync never waited for the stopped worker")
-
-
 def test_rlhf_scale_refuses_bad_requests_with_exit_code_2(tmp_path, capsys):
     from rlhf.cli import main
 
@@ -264,6 +243,27 @@ def test_what_is_not_replaced_stops_the_run_naming_the_worker(tmp_path, ray_clus
 
 
 @pytest.mark.slow
+def _until_ready_without(store_address, sync: threading.Thread, ready_rank: int, missing_rank: int):
+    """Until the sync in `sync` has a round that sync rank `ready_rank` is ready for and
+    `missing_rank` is not: read from the sync group's store, where each receiver posts
+    `ready/<round>/<rank>` (rlhf.sync.group)."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    host, port = store_address
+    store = dist.TCPStore(host, port, None, is_master=False, timeout=timedelta(seconds=30))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and sync.is_alive():
+        for n in range(1, 200):  # the rounds a test gets to
+            if not store.check([f"ready/{n}/{ready_rank}"]):
+                continue
+            if not store.check([f"ready/{n}/{missing_rank}"]):
+                return
+        time.sleep(0.01)
+    raise AssertionError("the sync never waited for the stopped worker")
+
+
 def test_receivers_killed_or_stalled_mid_sync_fail_it_naming_them_and_the_run_recovers(
     tmp_path, ray_cluster
 ):
