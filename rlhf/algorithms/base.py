@@ -36,7 +36,6 @@ STAGES: dict[str, str] = {
     "old_logprobs": "learner",
     "values": "critic",
 }
-STAGE_COLUMNS = tuple(STAGES)
 ALWAYS_STARTED = ("rollout", "learner", "reward")  # generate, train, and score or judge
 
 
@@ -77,7 +76,7 @@ class Algorithm(ABC):
     @property
     @abstractmethod
     def needs(self) -> frozenset[str]:
-        """Stage columns (of STAGE_COLUMNS) the controller must fill before `prepare`."""
+        """Stage columns (of `STAGES`) the controller must fill before `prepare`."""
 
     @property
     def epochs(self) -> int:

@@ -29,7 +29,6 @@ from rlhf.algorithms.policy import (
     policy_needs,
     set_loss_weights,
     token_mean,
-    valid_rows,
 )
 from rlhf.batch import TrainBatch
 
@@ -90,9 +89,8 @@ class PPO(PolicyGradient):
 
     def prepare(self, batch: TrainBatch) -> dict[str, float]:
         cfg = self.cfg
-        valid = valid_rows(batch, cfg)
+        valid, rewards = self.valid_rewards(batch)
         mask = batch["completion_mask"] * valid[:, None]
-        rewards = np.where(valid, batch["rewards"], np.nan)
         if cfg.whiten_rewards and valid.sum() > 1:
             r = rewards[valid]
             rewards = (rewards - r.mean()) / (r.std() + 1e-8)

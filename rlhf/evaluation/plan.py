@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from rlhf.config import Config
 from rlhf.data.tasks import Task
-from rlhf.rewards.scoring import launch_dir_importable
+from rlhf.rewards.scoring import launch_dir_importable, missing_columns, resolve_reward_function
 
 
 def prompt_columns(task: Task) -> list[str]:
@@ -19,8 +19,6 @@ def evaluation_skipped(cfg: Config, task: Task) -> str | None:
     the built-in task's reward, or with the configured reward functions; a preference run
     judged otherwise may carry functions its prompts cannot feed (the default
     `addition_exact` on a file without `answer`): then there is nothing to measure with."""
-    from rlhf.rewards.scoring import missing_columns, resolve_reward_function
-
     if not task.eval_prompts:
         return (
             "no held-out prompts: give data.eval, or a data.eval_fraction above 0"

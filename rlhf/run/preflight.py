@@ -14,7 +14,7 @@ from rlhf.config import Config, ConfigError
 from rlhf.data.lengths import PromptFit
 from rlhf.data.tasks import Task
 from rlhf.evaluation.plan import prompt_columns
-from rlhf.rewards.scoring import launch_dir_importable
+from rlhf.rewards.scoring import launch_dir_importable, missing_columns, resolve_reward_function
 
 
 def check_before_start(cfg: Config) -> Task:
@@ -23,7 +23,6 @@ def check_before_start(cfg: Config) -> Task:
     from rlhf.data.prompt_files import make_prompts
     from rlhf.models.default_model import check_model_path
     from rlhf.rewards.judges import resolve_judge_function
-    from rlhf.rewards.scoring import missing_columns, resolve_reward_function
 
     if cfg.data.train is not None and cfg.model.path is None:
         raise ConfigError(

@@ -98,8 +98,8 @@ class Pools:
         from rlhf.workers.critic import CriticWorker
         from rlhf.workers.learner import LearnerWorker
 
-        started = started_pools(needs)
-        uses_reference, uses_critic = "reference" in started, "critic" in started
+        wanted = started_pools(needs)
+        uses_reference, uses_critic = "reference" in wanted, "critic" in wanted
         t, timeout = cfg.topology, cfg.run.call_timeout_s
         pools = cls(cfg, model_path=model_path, max_model_len=max_model_len)
         for pool in pools.all():
