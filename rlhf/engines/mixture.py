@@ -59,7 +59,7 @@ def register_mixture_model() -> None:
     """Make MIXTURE_ARCH known to vLLM's registry in this process.
 
     Needed in the driver (the model config checks the architecture) and in the worker process
-    that builds the model; the worker gets it by importing `rlhf.engines.mixture_extension`
+    that builds the model; the worker gets it by importing `rlhf.engines.vllm_extension`
     (the engine's `worker_extension_cls`), which vLLM imports before loading the model.
     """
     from vllm import ModelRegistry

@@ -1,7 +1,7 @@
 """A generation engine around `vllm.LLM`, with learner -> engine weight sync.
 
-On CPU inside a Ray actor the engine runs in the actor's own process (see `cpu_environment`);
-elsewhere vLLM runs the model in a worker process of its own. The weight-sync receiver lives with the
+On CPU the engine runs in the creating process (a Ray actor's, a script's; see
+`cpu_environment`); on GPU vLLM runs the model in a worker process of its own. The weight-sync receiver lives with the
 model (`vllm_extension`), reached through `collective_rpc`, so received buckets are loaded
 where the model is.
 """
@@ -23,7 +23,6 @@ from rlhf.sync.group import SyncEndpoint
 log = logging.getLogger(__name__)
 
 EXTENSION = "rlhf.engines.vllm_extension.WeightSyncExtension"
-MIXTURE_EXTENSION = "rlhf.engines.mixture_extension.MixtureWeightSyncExtension"
 
 
 def cpu_environment(threads: int) -> dict[str, str]:
@@ -35,13 +34,14 @@ def cpu_environment(threads: int) -> dict[str, str]:
     ("nobind") and cap OpenMP threads at the CPU share instead. OMP_WAIT_POLICY=PASSIVE
     makes idle OpenMP threads sleep instead of spinning, so a finished engine does not eat
     the cores the learner (or another engine) needs next.
-    In a Ray actor (one engine per process), VLLM_ENABLE_V1_MULTIPROCESSING=0 (with the "uni"
-    executor, see `VLLMEngine`) runs the engine in the actor's own process: its worker process
-    would otherwise busy-poll a shared-memory queue for a second after every call (measured:
-    1.0 core-second burned per call, against 0.03 in-process), stealing a core from whatever
-    runs next, and the in-process engine generated the default batch 17% faster (0.27 s
-    against 0.32 s). Elsewhere (a script or test that may hold several engines, which would
-    share one process's global state) engines keep processes of their own.
+    VLLM_ENABLE_V1_MULTIPROCESSING=0 (with the "uni" executor, see `VLLMEngine`) runs the
+    engine in the creating process: its worker process would otherwise busy-poll a
+    shared-memory queue for a second after every call (measured: 1.0 core-second burned per
+    call, against 0.03 in-process), stealing a core from whatever runs next; the in-process
+    engine generated the default batch 17% faster (0.27 s against 0.32 s) and starts without
+    a second import of vLLM. Several engines may share a process (one extension class serves
+    them all). An engine's `shutdown` tears down the process's torch.distributed world
+    (vLLM's engine core does): a process that needs a group of its own makes it after.
     A user's own VLLM_CPU_OMP_THREADS_BIND / OMP_* / VLLM_ENABLE_V1_MULTIPROCESSING settings
     win over these.
     """
@@ -49,16 +49,9 @@ def cpu_environment(threads: int) -> dict[str, str]:
         "VLLM_CPU_OMP_THREADS_BIND": "nobind",
         "OMP_NUM_THREADS": str(threads),
         "OMP_WAIT_POLICY": "PASSIVE",
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
     }
-    if _in_ray_actor():
-        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     return env
-
-
-def _in_ray_actor() -> bool:
-    import ray
-
-    return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
 
 
 def request_seeds(seed: int | None, requests: int) -> list[int | None]:
@@ -122,7 +115,6 @@ class VLLMEngine:
         self.can_sleep = sleep_mode and not on_cpu
         if self.can_sleep:
             kwargs["enable_sleep_mode"] = True
-        extension = EXTENSION
         self.mixture_reference = mixture_reference
         self._mixture_coef = 0.0  # b as last set in the worker (a mixture engine only)
         if mixture_reference is not None:
@@ -130,7 +122,6 @@ class VLLMEngine:
 
             register_mixture_model()  # the driver's model config checks the architecture
             kwargs["hf_overrides"] = mixture_overrides(mixture_reference, self._mixture_coef)
-            extension = MIXTURE_EXTENSION
         t0 = time.perf_counter()
         self.llm = LLM(
             model=model_path,
@@ -139,7 +130,7 @@ class VLLMEngine:
             dtype=dtype,
             enforce_eager=enforce_eager,
             gpu_memory_utilization=gpu_memory_utilization,
-            worker_extension_cls=extension,
+            worker_extension_cls=EXTENSION,
             # log-probs of the distribution actually sampled (after temperature, top-k/p)
             logprobs_mode="processed_logprobs",
             # n samples of a prompt share its prefill (whole KV blocks: 128 tokens on CPU)

@@ -5,6 +5,10 @@ group as a receiver and loads each bucket straight into the engine's parameters,
 never pass through the engine's API process or the Ray object store.
 
 Arguments cross vLLM's RPC serialization, so they are plain lists and strings.
+
+One class serves plain and mixture engines (it asks the model which it is): vLLM mixes the
+extension into its worker *class*, so on CPU, where engines run in the creating process, a
+second extension class in the same process would collide with the first.
 """
 
 from __future__ import annotations
@@ -17,12 +21,15 @@ import torch
 from torch import nn
 
 from rlhf.engines import cpu_seeded_sampling
+from rlhf.engines.mixture import GeometricMixtureForCausalLM, register_mixture_model
 from rlhf.sync.buckets import ParamSpec
 from rlhf.sync.group import SyncEndpoint, WeightSyncGroup
 
 # vLLM imports this module in its worker process before the first step, in the process that
 # holds the model runner: seeded requests survive chunked prefill on CPU from then on.
 cpu_seeded_sampling.install()
+# ... and knows the mixture model's architecture before it builds one (`rlhf.engines.mixture`).
+register_mixture_model()
 
 LAYERWISE_RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
 
@@ -36,7 +43,11 @@ def manifest_from_wire(rows: list[list]) -> list[ParamSpec]:
 
 
 class WeightSyncExtension:
-    """Mixed into vLLM's Worker: `self.model_runner`, `self.device` come from it."""
+    """Mixed into vLLM's Worker: `self.model_runner`, `self.device` come from it.
+
+    On a mixture engine (`GeometricMixtureForCausalLM`) the learner sends HF-named policy
+    tensors (the same manifest as for a plain engine); they reload the policy half, and the
+    reference half is never touched."""
 
     def rlhf_take_chunked_prefill_seeds(self) -> list[int]:
         return cpu_seeded_sampling.take_held_out_seeds()
@@ -71,14 +82,52 @@ class WeightSyncExtension:
         which is what GPU RLHF stacks have long used.
         """
         runner = self.model_runner
-        if hasattr(runner, "reload_weights"):
+        model = runner.get_model()
+        if isinstance(model, GeometricMixtureForCausalLM):
+            self._rlhf_load_policy_half(model, weights)
+            model = model.policy
+        elif hasattr(runner, "reload_weights"):
             self.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
         else:
             runner.model.load_weights(weights=weights)
         if self.device.type == "cpu":
-            repack_tied_weights(runner.get_model())
+            repack_tied_weights(model)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+    def _rlhf_load_policy_half(
+        self, model: GeometricMixtureForCausalLM, weights: Iterable[tuple[str, torch.Tensor]]
+    ) -> None:
+        # vLLM's layer-wise reload rooted at the policy sub-model: it loads the policy's
+        # checkpoint names as they come and re-runs its post-load processing (CPU repacking).
+        # Rooted at the whole wrapper, every reference layer would count as "not loaded",
+        # be restored from its saved tensors and log "Failed to load weights" per layer.
+        from vllm.config import set_current_vllm_config
+        from vllm.model_executor.model_loader.reload.inplace import reload_weights
+
+        with set_current_vllm_config(self.vllm_config):
+            reload_weights(
+                model.policy_vllm_config,
+                model.policy,
+                weights_iterator=weights,
+                weights_path=None,
+                is_checkpoint_format=True,
+            )
+
+    def _rlhf_mixture(self) -> GeometricMixtureForCausalLM:
+        model = self.model_runner.get_model()
+        if not isinstance(model, GeometricMixtureForCausalLM):
+            raise RuntimeError(f"not a mixture model: {type(model).__name__}")
+        return model
+
+    def _rlhf_part(self, part: str | None) -> nn.Module:
+        """The whole model (None), or one half of a mixture ("policy" | "reference")."""
+        return self.model_runner.get_model() if part is None else self._rlhf_mixture().part(part)
+
+    def rlhf_set_mixture_coef(self, coef: float) -> float:
+        model = self._rlhf_mixture()
+        model.set_mixture_coef(coef)
+        return model.mixture_coef
 
     def rlhf_close_weight_sync(self) -> None:
         group = getattr(self, "_rlhf_sync", None)
@@ -86,14 +135,14 @@ class WeightSyncExtension:
             group.close()
         self._rlhf_sync = None
 
-    def rlhf_param_checksum(self) -> float:
+    def rlhf_param_checksum(self, part: str | None = None) -> float:
         """Sum of every parameter (a cheap probe for tests and debugging). On CPU, linear
         layers' weights live packed in their kernels, not in parameters: see the digest."""
-        return param_checksum(self.model_runner.get_model())
+        return param_checksum(self._rlhf_part(part))
 
-    def rlhf_param_digest(self) -> str:
+    def rlhf_param_digest(self, part: str | None = None) -> str:
         """SHA-256 of the model's weights as the kernels use them (see `module_digest`)."""
-        return module_digest(self.model_runner.get_model())
+        return module_digest(self._rlhf_part(part))
 
 
 def repack_tied_weights(model: nn.Module) -> int:
