@@ -46,6 +46,7 @@ OVERRIDES = [
     "run.eval_prompts=16",
     "run.progress_bar=false",
     "run.tensorboard=false",
+    "ray.include_dashboard=false",
 ]
 
 # Bookkeeping that legitimately differs between the two runs: times, and which worker took

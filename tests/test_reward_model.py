@@ -305,7 +305,7 @@ def test_config_needs_a_function_or_a_model_and_names_the_fields():
 
 
 # ---------------------------------------------------------------- end to end (slow)
-RM_STEPS = 600
+RM_STEPS = 300
 # The CI tier: the policy's own backbone (built and cached by other tests), no extra layers,
 # two wrong answers per prompt. The defaults (a backbone warm-started 3000 steps, two extra
 # layers, six wrong answers per prompt) take ~10 minutes here: the `long` test runs them.
@@ -313,7 +313,7 @@ CHEAP_RM = (
     "reward_model_training.backbone_warm_start_steps=null",
     "reward_model_training.extra_layers=0",
     "reward_model_training.rejected_per_prompt=2",
-    "reward_model_training.lr=5e-4",
+    "reward_model_training.lr=1e-3",
 )
 RL_ITERATIONS = 30
 EVAL_PROMPTS = 256
@@ -357,9 +357,9 @@ def test_train_rm_on_the_embedded_task_ranks_held_out_pairs(trained_rm):
     by_kind = metrics["held_out_accuracy_by_kind"]
     assert metrics["held_out_pairs"] == 1024 and set(by_kind) == set(WRONG_ANSWERS)
     # Chance is 0.5. Answers of the wrong length or not numbers are told apart from the
-    # operands alone: near perfect within these steps (seen: 0.99 to 1.0 on ~170 pairs each,
-    # so 0.95 is ~3 pairs of slack per kind). Digit errors need the sum itself; the overall
-    # bar 0.7 (seen: ~0.78) is 14 standard errors of a 1024-pair accuracy above chance.
+    # operands alone: near perfect within these steps (seen: 0.988 to 1.0 on ~170 pairs each,
+    # so 0.95 leaves 6 or more pairs of slack per kind). Digit errors need the sum itself; the
+    # overall bar 0.7 (seen: 0.796) is 14 standard errors of a 1024-pair accuracy above chance.
     for kind in ("dropped_digit", "extra_digit", "non_number"):
         assert by_kind[kind] >= 0.95, by_kind
     assert metrics["held_out_accuracy"] >= 0.7, metrics
@@ -401,6 +401,11 @@ def test_grpo_against_the_reward_model_alone(trained_rm, tmp_path):
         "reward.functions=[]",
         f"reward.models=[{{path: {folder}}}]",
         f"run.iterations={RL_ITERATIONS}",
+        # one rollout worker and one learner rank: the topology is not what this checks, and
+        # each process fewer to start saves seconds
+        "topology.rollout.workers=1",
+        "topology.learner.workers=1",
+        "ray.include_dashboard=false",
         f"run.output_dir={tmp_path}",
         "run.name=rm",
         "run.progress_bar=false",

@@ -258,6 +258,7 @@ SMOKE = [
     "run.iterations=2",
     "run.eval_prompts=4",
     "run.progress_bar=false",
+    "ray.include_dashboard=false",
     "run.save_model=true",
     "run.record_batches=true",
     "run.tensorboard=false",
