@@ -315,7 +315,7 @@ CHEAP_RM = (
     "reward_model_training.rejected_per_prompt=2",
     "reward_model_training.lr=1e-3",
 )
-RL_ITERATIONS = 30
+RL_ITERATIONS = 20
 EVAL_PROMPTS = 256
 
 
