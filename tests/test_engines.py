@@ -141,3 +141,32 @@ def test_hf_ignore_eos_forces_full_length(eos_model_path):
     from rlhf.engines.hf_engine import HFEngine
 
     _check_ignore_eos(HFEngine(eos_model_path, seed=0))
+
+
+def test_only_the_chat_warmup_length_error_is_dropped_from_vllm_logs():
+    """vLLM renders a dummy chat when an engine starts; on a context sized to short prompts it
+    fails on length and logs a traceback. That record is dropped; any other stays."""
+    import logging
+    import sys
+
+    from rlhf.engines.vllm_engine import _ChatWarmupTooLong
+
+    class VLLMValidationError(ValueError):  # matched by name, as vLLM's own
+        pass
+
+    def record(message: str, exc: BaseException | None) -> logging.LogRecord:
+        try:
+            if exc is not None:
+                raise exc
+        except BaseException:
+            info = sys.exc_info()
+        else:
+            info = None
+        return logging.LogRecord("vllm.renderers.base", logging.WARNING, "", 0, message, (), info)
+
+    keep = _ChatWarmupTooLong().filter
+    length = VLLMValidationError("This model's maximum context length is 10 tokens. However, ...")
+    assert not keep(record("Chat template warmup failed", length))
+    assert keep(record("Chat template warmup failed", KeyError("messages")))
+    assert keep(record("Chat template warmup failed", VLLMValidationError("bad sampling params")))
+    assert keep(record("something else", length))

@@ -63,6 +63,24 @@ def request_seeds(seed: int | None, requests: int) -> list[int | None]:
     return [int(x) for x in np.random.default_rng(seed).integers(0, 2**31 - 1, size=requests)]
 
 
+class _ChatWarmupTooLong(logging.Filter):
+    """Drops vLLM's "Chat template warmup failed" record when the cause is only that its dummy
+    chat is longer than the engine's context (a run sized to short prompts, e.g. the default's
+    10 tokens): a 27-line traceback in every rollout log that says nothing about the run.
+    Any other warm-up failure still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        too_long = type(exc).__name__ == "VLLMValidationError" and "context length" in str(exc)
+        return not (too_long and record.getMessage().startswith("Chat template warmup failed"))
+
+
+def _quiet_chat_warmup_length_error() -> None:
+    renderer_log = logging.getLogger("vllm.renderers.base")
+    if not any(isinstance(f, _ChatWarmupTooLong) for f in renderer_log.filters):
+        renderer_log.addFilter(_ChatWarmupTooLong())
+
+
 def _is_cpu_platform() -> bool:
     from vllm.platforms import current_platform
 
@@ -123,6 +141,7 @@ class VLLMEngine:
             register_mixture_model()  # the driver's model config checks the architecture
             kwargs["hf_overrides"] = mixture_overrides(mixture_reference, self._mixture_coef)
         t0 = time.perf_counter()
+        _quiet_chat_warmup_length_error()
         self.llm = LLM(
             model=model_path,
             seed=seed,
