@@ -243,7 +243,6 @@ def test_what_is_not_replaced_stops_the_run_naming_the_worker(tmp_path, ray_clus
         trainer.close()
 
 
-@pytest.mark.slow
 def _until_ready_without(store_address, sync: threading.Thread, ready_rank: int, missing_rank: int):
     """Until the sync in `sync` has a round that sync rank `ready_rank` is ready for and
     `missing_rank` is not: read from the sync group's store, where each receiver posts
@@ -265,6 +264,7 @@ def _until_ready_without(store_address, sync: threading.Thread, ready_rank: int,
     raise AssertionError("the sync never waited for the stopped worker")
 
 
+@pytest.mark.slow
 def test_receivers_killed_or_stalled_mid_sync_fail_it_naming_them_and_the_run_recovers(
     tmp_path, ray_cluster
 ):
