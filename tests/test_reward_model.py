@@ -359,7 +359,7 @@ def test_train_rm_on_the_embedded_task_ranks_held_out_pairs(trained_rm):
     # Chance is 0.5. Answers of the wrong length or not numbers are told apart from the
     # operands alone: near perfect within these steps (seen: 0.988 to 1.0 on ~170 pairs each,
     # so 0.95 leaves 6 or more pairs of slack per kind). Digit errors need the sum itself; the
-    # overall bar 0.7 (seen: 0.796) is 14 standard errors of a 1024-pair accuracy above chance.
+    # overall bar 0.7 (seen: 0.77 to 0.80) is 14 standard errors of a 1024-pair accuracy above chance.
     for kind in ("dropped_digit", "extra_digit", "non_number"):
         assert by_kind[kind] >= 0.95, by_kind
     assert metrics["held_out_accuracy"] >= 0.7, metrics

@@ -1,9 +1,9 @@
 """A generation engine around `vllm.LLM`, with learner -> engine weight sync.
 
 On CPU the engine runs in the creating process (a Ray actor's, a script's; see
-`cpu_environment`); on GPU vLLM runs the model in a worker process of its own. The weight-sync receiver lives with the
-model (`vllm_extension`), reached through `collective_rpc`, so received buckets are loaded
-where the model is.
+`cpu_environment`); on GPU vLLM runs the model in a worker process of its own. The weight-sync
+receiver lives with the model (`vllm_extension`), reached through `collective_rpc`, so received
+buckets are loaded where the model is.
 """
 
 from __future__ import annotations
