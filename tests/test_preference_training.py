@@ -42,8 +42,14 @@ EVAL_PROMPTS, EVAL_SAMPLES = 512, 4
 ONE_EACH = ["topology.rollout.workers=1", "topology.learner.workers=1"]
 # No Ray dashboard in these runs (nothing here reads it): ~2.5 s less start-up CPU each.
 NO_DASHBOARD = "ray.include_dashboard=false"
-# The CI run: 32 prompts x 4 samples, every judged pair, 300 iterations (~0.3 s each)
-CI_RUN = ["rollout.prompts_per_iteration=32", "rollout.samples_per_prompt=4", "run.iterations=300"]
+# The CI run: 32 prompts x 4 samples, every judged pair, 300 iterations (~0.3 s each). The
+# run's own greedy evaluation is not what this test reads (`rlhf eval` is): 16 prompts.
+CI_RUN = [
+    "rollout.prompts_per_iteration=32",
+    "rollout.samples_per_prompt=4",
+    "run.iterations=300",
+    "run.eval_prompts=16",
+]
 # The long tier, exactly the study's runs (benchmarks/preference_study.py, variants *_500 and
 # nash_md_700): 500 iterations with every judged pair; Nash-MD, whose one pair per prompt
 # learns more slowly (0.603 after 500), 700. Measured win rates: 0.628, 0.625, 0.636, 0.638.

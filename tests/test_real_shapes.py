@@ -23,6 +23,9 @@ def uses_target(prompts, completions, target, level, **_):
     assert all(lv in ("easy", "hard") for lv in level)  # a missing column fails the sample
     return [1.0 if c.strip() == t else 0.0 for c, t in zip(completions, target)]
 """
+# Where the shapes, not the user's exact command, are the subject: one rollout worker and one
+# learner rank (each process fewer is ~5 s of start-up on 2 cores), no dashboard.
+ONE_EACH = ("topology.rollout.workers=1", "topology.learner.workers=1")
 TEMPLATE = (
     "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
     "{% if add_generation_prompt %}<assistant>{% endif %}"
@@ -98,8 +101,9 @@ def test_the_new_users_command_trains_on_vllm(tmp_path):
 
 
 def test_400_token_prompts_and_256_token_answers_train_on_vllm(tmp_path):
-    """The same command on a model with 1,024 positions: prompts of about 400 tokens, a tenth of
-    them about 900 (no room for 256 new tokens: left out and counted), 256-token answers."""
+    """The same command on a model with 1,024 positions (one engine, one learner rank): prompts
+    of about 400 tokens, a tenth of them about 900 (no room for 256 new tokens: left out and
+    counted), 256-token answers."""
     from transformers import AutoTokenizer
 
     from rlhf.data.chat import prompt_ids
@@ -130,7 +134,8 @@ def test_400_token_prompts_and_256_token_answers_train_on_vllm(tmp_path):
     proc = train(tmp_path, f"model.path={model}", "data.train=prompts.jsonl",
                  "data.prompt_key=prompt", 'reward.functions=[{name: "myrewards:uses_target"}]',
                  "run.iterations=2", "rollout.max_new_tokens=256",
-                 "rollout.prompts_per_iteration=8", "rollout.samples_per_prompt=4")  # fmt: skip
+                 "rollout.prompts_per_iteration=8", "rollout.samples_per_prompt=4",
+                 *ONE_EACH, "ray.include_dashboard=false")  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     too_long = sum(n > 1024 - 256 for n in lengths)
     assert f"{too_long} prompts too long" in proc.stdout

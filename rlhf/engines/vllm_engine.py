@@ -8,6 +8,7 @@ buckets are loaded where the model is.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -142,6 +143,12 @@ class VLLMEngine:
             kwargs["hf_overrides"] = mixture_overrides(mixture_reference, self._mixture_coef)
         t0 = time.perf_counter()
         _quiet_chat_warmup_length_error()
+        # vLLM's start-up runs five full garbage collections, each walking every object the
+        # imports of torch and vLLM made (~0.2 s each on CPU), then freezes the heap itself
+        # (`freeze_gc_heap`). Freezing what exists now, after one collection, makes those
+        # collections cheap: 1.4 s -> 0.4 s per engine start on the tiny model, measured.
+        gc.collect()
+        gc.freeze()
         self.llm = LLM(
             model=model_path,
             seed=seed,
