@@ -305,7 +305,9 @@ def test_config_needs_a_function_or_a_model_and_names_the_fields():
 
 
 # ---------------------------------------------------------------- end to end (slow)
-RM_STEPS = 300
+# 200 steps at lr 1e-3: held-out pair accuracy 0.775, every length/format kind >= 0.988 (300
+# steps gave 0.77 to 0.80: the digit kinds stay near chance at this size either way).
+RM_STEPS = 200
 # The CI tier: the policy's own backbone (built and cached by other tests), no extra layers,
 # two wrong answers per prompt. The defaults (a backbone warm-started 3000 steps, two extra
 # layers, six wrong answers per prompt) take ~10 minutes here: the `long` test runs them.
@@ -359,7 +361,8 @@ def test_train_rm_on_the_embedded_task_ranks_held_out_pairs(trained_rm):
     # Chance is 0.5. Answers of the wrong length or not numbers are told apart from the
     # operands alone: near perfect within these steps (seen: 0.988 to 1.0 on ~170 pairs each,
     # so 0.95 leaves 6 or more pairs of slack per kind). Digit errors need the sum itself; the
-    # overall bar 0.7 (seen: 0.77 to 0.80) is 14 standard errors of a 1024-pair accuracy above chance.
+    # overall bar 0.7 (seen: 0.775 at 200 steps, 0.77 to 0.80 at 300) is 14 standard errors
+    # of a 1024-pair accuracy above chance.
     for kind in ("dropped_digit", "extra_digit", "non_number"):
         assert by_kind[kind] >= 0.95, by_kind
     assert metrics["held_out_accuracy"] >= 0.7, metrics
