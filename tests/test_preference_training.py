@@ -34,14 +34,11 @@ import sys
 
 import pytest
 
+from tests.run_options import NO_DASHBOARD, ONE_EACH
+
 pytestmark = pytest.mark.slow
 
 EVAL_PROMPTS, EVAL_SAMPLES = 512, 4
-# One rollout worker and one learner rank: what these tests check is not the topology, and
-# each process fewer to start saves ~5 s on 2 cores (tests/test_integration.py runs two each).
-ONE_EACH = ["topology.rollout.workers=1", "topology.learner.workers=1"]
-# No Ray dashboard in these runs (nothing here reads it): ~2.5 s less start-up CPU each.
-NO_DASHBOARD = "ray.include_dashboard=false"
 # The CI run: 32 prompts x 4 samples, every judged pair, 300 iterations (~0.3 s each). The
 # run's own greedy evaluation is not what this test reads (`rlhf eval` is): 16 prompts.
 CI_RUN = [

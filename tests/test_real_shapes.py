@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from rlhf.config import load_config
+from tests.run_options import NO_DASHBOARD, ONE_EACH
 
 pytestmark = pytest.mark.slow
 
@@ -23,9 +24,6 @@ def uses_target(prompts, completions, target, level, **_):
     assert all(lv in ("easy", "hard") for lv in level)  # a missing column fails the sample
     return [1.0 if c.strip() == t else 0.0 for c, t in zip(completions, target)]
 """
-# Where the shapes, not the user's exact command, are the subject: one rollout worker and one
-# learner rank (each process fewer is ~5 s of start-up on 2 cores), no dashboard.
-ONE_EACH = ("topology.rollout.workers=1", "topology.learner.workers=1")
 TEMPLATE = (
     "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
     "{% if add_generation_prompt %}<assistant>{% endif %}"
@@ -135,7 +133,7 @@ def test_400_token_prompts_and_256_token_answers_train_on_vllm(tmp_path):
                  "data.prompt_key=prompt", 'reward.functions=[{name: "myrewards:uses_target"}]',
                  "run.iterations=2", "rollout.max_new_tokens=256",
                  "rollout.prompts_per_iteration=8", "rollout.samples_per_prompt=4",
-                 *ONE_EACH, "ray.include_dashboard=false")  # fmt: skip
+                 *ONE_EACH, NO_DASHBOARD)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     too_long = sum(n > 1024 - 256 for n in lengths)
     assert f"{too_long} prompts too long" in proc.stdout
