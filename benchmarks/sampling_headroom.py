@@ -32,6 +32,11 @@ def main() -> int:
     p.add_argument("--prompts", type=int, default=128, help="first N held-out prompts")
     p.add_argument("--samples", type=int, default=8)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--steps",
+        help="word_problems: MIN,MAX steps a problem; new problems of that many steps (from "
+        "another seed than the task's) instead of the task's held-out ones",
+    )
     args = p.parse_args()
 
     from transformers import AutoTokenizer
@@ -42,6 +47,16 @@ def main() -> int:
     task = make_task(cfg.task)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     prompts = task.eval_prompts[: args.prompts]
+    if args.steps:
+        from rlhf.data.word_problems import generate
+        from rlhf.types import Prompt
+
+        low, high = (int(x) for x in args.steps.split(","))
+        problems = generate(args.prompts, seed=1000 + cfg.task.seed, min_steps=low, max_steps=high)
+        prompts = [
+            Prompt(text=q.question, columns={"answer": q.solution}, messages=q.messages())
+            for q in problems
+        ]
     ids = [prompt_ids(tokenizer, prompt) for prompt in prompts]
     engine = VLLMEngine(
         args.model,

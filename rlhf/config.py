@@ -195,6 +195,13 @@ class WarmStartConfig(Section):
 
     enabled: bool = True
     steps: int = Field(400, ge=0)
+    schedule_steps: int | None = Field(
+        None,
+        gt=0,
+        description="the lr schedule's length (warm-up, then cosine decay to 0); None: steps. "
+        "More than steps stops part-way down the decay: a model still learning, which leaves "
+        "RL more to do",
+    )
     batch_size: int = Field(128, gt=0)
     lr: float = Field(1e-3, gt=0)
     autocast: Literal["off", "bfloat16", "auto"] = Field(
@@ -203,6 +210,15 @@ class WarmStartConfig(Section):
         "with AVX512-BF16 or AMX, about 2x slower on CPUs without; auto: bfloat16 where the "
         "CPU has it",
     )
+
+    @model_validator(mode="after")
+    def _schedule_covers_steps(self) -> WarmStartConfig:
+        if self.schedule_steps is not None and self.schedule_steps < self.steps:
+            raise ValueError(
+                f"warm_start.schedule_steps ({self.schedule_steps}) is less than "
+                f"warm_start.steps ({self.steps}): the schedule must last the whole warm start"
+            )
+        return self
 
 
 # ---------------------------------------------------------------- pools

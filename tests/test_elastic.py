@@ -62,13 +62,6 @@ def test_rlhf_scale_refuses_bad_requests_with_exit_code_2(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- on Ray
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=16, include_dashboard=False, namespace="rlhf-test-elastic")
-    yield
-    ray.shutdown()
-
-
 def _trainer(tmp_path, name: str, overrides: list[str]) -> Trainer:
     """Two calls of 2 prompts per worker and batch, one learner rank, quick restarts, and
     `batches.jsonl` to check every prompt against."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 
 import pytest
-import ray
 import torch
 
 from rlhf.config import load_config
@@ -22,7 +21,7 @@ from rlhf.driver.trainer import Trainer
 from rlhf.models.default_model import prepare_model
 from rlhf.runtime.remote import gather
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
 
 ITERATIONS = 3
 
@@ -76,13 +75,6 @@ def _cfg(tmp_path, shape: str):
             "run.progress_bar=false",
         ],
     )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_cluster():
-    ray.init(num_cpus=8, include_dashboard=False, namespace="rlhf-test")
-    yield
-    ray.shutdown()
 
 
 def _hf_greedy(model_dir: str, prompt_ids: list[list[int]], max_new_tokens: int) -> list[list[int]]:

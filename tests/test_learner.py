@@ -179,17 +179,13 @@ class Learners:
 
 
 @pytest.fixture(scope="module")
-def learners(model_path):
-    import ray
-
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+def learners(model_path, ray_cluster):
     pool = Learners(model_path)
     try:
         yield pool
     finally:
         for key in list(pool.groups):
             pool.release(*key)
-        ray.shutdown()
 
 
 def call_all(actors: list, method: str, *args_per_rank) -> list:

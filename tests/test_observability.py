@@ -125,15 +125,6 @@ def test_bundle_leaves_out_zero_amounts():
     assert bundle_of(PoolConfig(num_cpus=0)) == {}
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(num_cpus=4, include_dashboard=False, namespace="rlhf-test-placement")
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.slow
 def test_a_replacement_takes_the_dead_workers_bundle_and_growth_gets_a_group(ray_cluster):
     import ray

@@ -45,9 +45,7 @@ def make_cfg():
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    import ray
-
+def setup(tmp_path_factory, ray_cluster):
     path = tiny_model(tmp_path_factory.mktemp("pairs") / "tiny", 64, 2, 1, 128)
     cfg = make_cfg()
     algo = make_algorithm(cfg.algorithm, cfg.rollout.max_new_tokens)
@@ -61,11 +59,7 @@ def setup(tmp_path_factory):
     pairs, _ = algo.arrange(sampled, comparisons)
     algo.prepare(pairs)
     assert len(pairs) == 2 * PROMPTS
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    try:
-        yield path, cfg, algo, pairs
-    finally:
-        ray.shutdown()
+    return path, cfg, algo, pairs
 
 
 def start_group(path: str, cfg, world: int) -> list:

@@ -34,13 +34,6 @@ def model_path(tmp_path_factory) -> str:
     return tiny_model(tmp_path_factory.mktemp("steps") / "tiny", 64, 2, 1, 128)
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, namespace="rlhf-steps")
-    yield
-    ray.shutdown()
-
-
 def cfg_for(algorithm: str, *extra: str):
     return load_config(
         None,
@@ -114,7 +107,7 @@ def stop(pool: Pool) -> None:
         ("ppo", ["algorithm.beta=0.01", "algorithm.mini_batches=2"]),
     ],
 )
-def test_a_step_moves_the_policy_the_right_way(algorithm, extra, model_path, cluster):
+def test_a_step_moves_the_policy_the_right_way(algorithm, extra, model_path, ray_cluster):
     from rlhf.workers.critic import CriticWorker
     from rlhf.workers.learner import LearnerWorker
 

@@ -26,15 +26,8 @@ class Sleeper:
         os._exit(1)
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, namespace="rlhf-test-remote")
-    yield
-    ray.shutdown()
-
-
 @pytest.fixture
-def actors(cluster):
+def actors(ray_cluster):
     # Fresh actors per test: one still busy with a previous test's call would queue ours.
     group = [Sleeper.remote() for _ in range(3)]
     # Started before the test: a deadline inside it must not cover process start-up.

@@ -12,19 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import ray
 
 from rlhf.driver.trainer import Trainer
 from tests.trainers import small_trainer
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_cluster():
-    ray.init(num_cpus=8, include_dashboard=False, namespace="rlhf-test-scheduling")
-    yield
-    ray.shutdown()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
 
 
 def _spy_batches(trainer: Trainer) -> list:

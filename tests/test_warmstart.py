@@ -84,6 +84,36 @@ def test_checkpoint_hook_sees_every_nth_step_and_changes_nothing(tmp_path):
         assert torch.equal(weight, hooked[name]), name
 
 
+def test_a_warm_start_stopped_part_way_down_its_schedule_is_the_longer_one_at_that_step(tmp_path):
+    """warm_start.schedule_steps=8 with steps=4 is the 8-step warm start's state after its
+    4th step (the same batches, the same lr each step); with the schedule as long as the
+    steps, the 4th step's lr is lower and the weights differ. Same machine, same operations in
+    the same order, so equal means bit for bit."""
+    task = make_task(TaskConfig(max_operand=9, num_prompts=80))
+    folders = {name: tmp_path / name for name in ("long", "stopped", "short")}
+    for folder in folders.values():
+        build_tiny_model(folder, task.corpus(), intermediate_size=64, **SMALL_MODEL)
+    at_four = {}
+
+    def keep(step, loss, model, tokenizer):
+        if step == 4:
+            at_four.update({k: v.clone() for k, v in model.state_dict().items()})
+
+    warm_start(folders["long"], task, WarmStartConfig(steps=8, batch_size=16, lr=3e-3), seed=0,
+               every=4, on_checkpoint=keep)  # fmt: skip
+    stopped = WarmStartConfig(steps=4, schedule_steps=8, batch_size=16, lr=3e-3)
+    warm_start(folders["stopped"], task, stopped, seed=0)
+    warm_start(folders["short"], task, WarmStartConfig(steps=4, batch_size=16, lr=3e-3), seed=0)
+    got, short = (
+        AutoModelForCausalLM.from_pretrained(folders[n]).state_dict() for n in ("stopped", "short")
+    )
+    for name, weight in at_four.items():
+        assert torch.equal(weight, got[name]), name
+    assert any(not torch.equal(weight, short[name]) for name, weight in at_four.items())
+    with pytest.raises(ConfigError, match=r"warm_start\.schedule_steps \(3\) is less than"):
+        load_config(None, ["warm_start.steps=4", "warm_start.schedule_steps=3"])
+
+
 def _small_cfg(tmp_path: Path, *extra: str):
     return load_config(
         None,
@@ -134,6 +164,7 @@ def test_the_default_model_keeps_its_cache_key():
         "model.tiny.vocab_size=1024",
         "model.tiny.max_position_embeddings=1024",
         "warm_start.autocast=bfloat16",
+        "warm_start.schedule_steps=800",
     ):
         assert cache_key(load_config(None, [override])) != "ea55765b702ae611", override
 

@@ -24,7 +24,7 @@ BUILD_VERSION = 2
 READY_FILE = "rlhf_ready.json"
 # model.tiny fields added after version 2, with the value every earlier model was built with
 FIELDS_ADDED_AFTER_V2 = {"family": "llama", "vocab_size": 512, "max_position_embeddings": 256}
-WARM_START_FIELDS_ADDED_AFTER_V2 = {"autocast": "off"}
+WARM_START_FIELDS_ADDED_AFTER_V2 = {"autocast": "off", "schedule_steps": None}
 
 
 def cache_key(cfg: Config) -> str:

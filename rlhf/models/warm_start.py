@@ -143,7 +143,9 @@ def warm_start(
     examples = _encode(task, tokenizer)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg.steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: _lr_factor(s, cfg.schedule_steps or cfg.steps)
+    )
     losses: list[float] = []
     reported = started
     bf16 = bfloat16_autocast(cfg.autocast)
