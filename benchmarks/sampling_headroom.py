@@ -49,14 +49,10 @@ def main() -> int:
     prompts = task.eval_prompts[: args.prompts]
     if args.steps:
         from rlhf.data.word_problems import generate
-        from rlhf.types import Prompt
 
         low, high = (int(x) for x in args.steps.split(","))
         problems = generate(args.prompts, seed=1000 + cfg.task.seed, min_steps=low, max_steps=high)
-        prompts = [
-            Prompt(text=q.question, columns={"answer": q.solution}, messages=q.messages())
-            for q in problems
-        ]
+        prompts = [q.prompt() for q in problems]
     ids = [prompt_ids(tokenizer, prompt) for prompt in prompts]
     engine = VLLMEngine(
         args.model,

@@ -137,10 +137,7 @@ class WordProblemsTask(Task):
     def __init__(self, cfg: TaskConfig) -> None:
         self.seed = cfg.seed
         problems = generate_word_problems(self.max_eval + cfg.num_prompts, cfg.seed)
-        prompts = [
-            Prompt(text=p.question, columns={"answer": p.solution}, messages=p.messages())
-            for p in problems
-        ]
+        prompts = [p.prompt() for p in problems]
         self.eval_prompts = prompts[: self.max_eval]
         self.train_prompts = prompts[self.max_eval :]
 

@@ -123,6 +123,12 @@ class WordProblem:
             {"role": "user", "content": self.question},
         ]
 
+    def prompt(self) -> Prompt:
+        """As a task prompt: the chat, with the worked solution as its `answer` column."""
+        return Prompt(
+            text=self.question, columns={"answer": self.solution}, messages=self.messages()
+        )
+
 
 def without_background(messages: list[dict[str, str]]) -> list[dict[str, str]]:
     """The same conversation with the user message's background paragraph left out: the
