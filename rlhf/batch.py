@@ -55,7 +55,12 @@ def declare(
 # The columns every run has, and those the shared stages produce.
 INPUT_IDS = declare("input_ids", "token", np.int64, "prompt + completion, right-padded", "copy")
 ATTENTION_MASK = declare("attention_mask", "token", np.int64, "1 on real tokens", "copy")
-COMPLETION_MASK = declare("completion_mask", "token", np.float32, "1 on completion tokens")
+COMPLETION_MASK = declare(
+    "completion_mask",
+    "token",
+    np.float32,
+    "1 on the completion tokens the policy sampled (an episode's observation tokens: 0)",
+)
 SAMPLER_LOGPROBS = declare(
     "sampler_logprobs", "token", np.float32, "log-probs under the sampling distribution"
 )
@@ -434,6 +439,7 @@ def collate_rollouts(rollouts: list[Rollout], pad_id: int, first_unit: int = 0) 
     units: list[int] = []
     mixture: list[float] = []
     versions: list[int] = []
+    policy: list[list[int] | None] = []  # an episode's policy-token mask; None: all policy
     offset = first_unit
     for r in rollouts:
         for i, (p, c) in enumerate(zip(r.prompt_ids, r.completion_ids, strict=True)):
@@ -444,6 +450,7 @@ def collate_rollouts(rollouts: list[Rollout], pad_id: int, first_unit: int = 0) 
             units.append(offset + r.prompt_index[i])
             mixture.append(float(r.from_mixture[i]) if r.from_mixture else 0.0)
             versions.append(r.policy_version)
+            policy.append(r.policy_masks[i] if r.policy_masks else None)
         offset += max(r.prompt_index, default=-1) + 1
     b, t = len(rows), max(len(x) for x in rows)
     input_ids = np.full((b, t), pad_id, dtype=np.int64)
@@ -453,7 +460,7 @@ def collate_rollouts(rollouts: list[Rollout], pad_id: int, first_unit: int = 0) 
     for i, (row, (start, end)) in enumerate(zip(rows, spans, strict=True)):
         input_ids[i, : len(row)] = row
         attention_mask[i, : len(row)] = 1
-        completion_mask[i, start:end] = 1.0
+        completion_mask[i, start:end] = policy[i] if policy[i] is not None else 1.0
         sampler_lp[i, start:end] = sampler[i][: end - start]
     columns = {
         "input_ids": input_ids,

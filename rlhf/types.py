@@ -35,6 +35,14 @@ class Rollout:
     # per sample: drawn from the policy/reference mixture (IPO-MD, Nash-MD); empty: none were
     from_mixture: list[bool] = field(default_factory=list)
     seconds: float = 0.0  # the worker's wall time for the call (generation and decoding)
+    # Multi-turn episodes (`rlhf.envs`): per sample, 1 on each completion token the policy
+    # sampled and 0 on the environment's (observations, tool output), which get no loss;
+    # empty: every completion token is the policy's
+    policy_masks: list[list[int]] = field(default_factory=list)
+    # per sample, the environment's reward for the episode (its turns' rewards combined);
+    # empty: no environment
+    env_rewards: list[float] = field(default_factory=list)
+    turns: list[int] = field(default_factory=list)  # per sample, the policy's turns
 
     def __len__(self) -> int:
         return len(self.completion_ids)

@@ -114,6 +114,24 @@ def test_gae_matches_the_slow_loop(gamma, lam):
     assert not adv[2].any() and not ret[2].any()  # the fully masked row
 
 
+@pytest.mark.parametrize(("gamma", "lam"), [(1.0, 0.95), (0.9, 0.8)])
+def test_gae_skips_an_episodes_observation_tokens(gamma, lam):
+    # Episodes: policy tokens (1) with observation tokens (0) between turns, then padding.
+    # The slow loop walks the policy tokens only, so a turn's advantage must see the next
+    # turn's values and rewards across the hole, not restart at it.
+    rng = np.random.default_rng(1)
+    mask = (rng.random((8, 12)) < 0.6).astype(np.float32)
+    mask[:, 0] = 0  # the prompt
+    mask[:, 10:] = 0  # padding
+    rewards = rng.normal(size=mask.shape) * mask
+    values = rng.normal(size=mask.shape)
+    adv, ret = gae(rewards, values, mask, gamma, lam)
+    want = slow_gae(rewards, values, mask, gamma, lam)
+    np.testing.assert_allclose(adv, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ret, (want + values) * mask, rtol=1e-5, atol=1e-6)
+    assert not adv[mask == 0].any()
+
+
 def test_gae_by_hand_for_a_length_one_and_a_three_token_completion():
     values = np.array([[9, 0.5, 0.2, 0.1, 9], [9, 9, 0.3, 9, 9], [0, 0, 0, 0, 0]])
     rewards = token_rewards(np.array([1.0, 1.0, 0.0]), MASK)

@@ -103,9 +103,13 @@ def gae(
 
     delta_t = r_t + gamma V_{t+1} - V_t, with V = 0 after the last completion token;
     A_t = sum_l (gamma lam)^l delta_{t+l}; returns R_t = A_t + V_t. Zero outside `mask`.
+    Tokens outside `mask` inside a completion (an episode's observation tokens) are skipped,
+    not ends: t+1 is the next token in `mask`, so a turn's advantage sees the later turns'
+    rewards, as if the policy's tokens stood side by side.
     Vectorised over rows: one reverse pass over token positions.
     """
     mask = mask.astype(np.float64)
+    inside = mask > 0
     values = values.astype(np.float64) * mask
     rewards = rewards.astype(np.float64) * mask
     b, t = mask.shape
@@ -114,9 +118,10 @@ def gae(
     next_value = np.zeros(b)
     for pos in range(t - 1, -1, -1):
         delta = rewards[:, pos] + gamma * next_value - values[:, pos]
-        running = (delta + gamma * lam * running) * mask[:, pos]
-        adv[:, pos] = running
-        next_value = values[:, pos]
+        here = inside[:, pos]
+        running = np.where(here, delta + gamma * lam * running, running)
+        adv[:, pos] = running * mask[:, pos]
+        next_value = np.where(here, values[:, pos], next_value)
     returns = (adv + values) * mask
     return adv.astype(np.float32), returns.astype(np.float32)
 

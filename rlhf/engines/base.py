@@ -37,6 +37,7 @@ class GenerationEngine(Protocol):
         seed: int | None = None,
         mixture_coef: float = 0.0,
         ignore_eos: bool = False,
+        stop: list[str] | None = None,
     ) -> Generation:
         """Prompt-major: n samples per prompt, in order. Returns completion token ids (EOS
         included when generated), the sampled tokens' log-probs under the sampling
@@ -47,7 +48,10 @@ class GenerationEngine(Protocol):
         Nash-MD) and returns its log-probs; only engines built with a reference support it,
         others raise ValueError.
         ignore_eos: EOS is sampled like any token but does not stop a completion, so every
-        completion is max_new_tokens long (finish reason "length")."""
+        completion is max_new_tokens long (finish reason "length").
+        stop: strings that end a completion (finish reason "stop") on the token whose text
+        completes one; the completion keeps that token, so its decoded text contains the
+        string (and may run past it within that token)."""
         ...
 
     def init_weight_sync(self, endpoint: SyncEndpoint) -> None:

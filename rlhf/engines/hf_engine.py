@@ -15,11 +15,12 @@ from rlhf.sync.group import SyncEndpoint, WeightSyncGroup
 
 class HFEngine:
     def __init__(self, model_path: str, *, seed: int, dtype: str = "float32") -> None:
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         torch.manual_seed(seed)
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
         self.model.eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)  # for stop strings
         gen = self.model.generation_config
         eos = gen.eos_token_id if gen.eos_token_id is not None else self.model.config.eos_token_id
         self.eos_ids: set[int] = set(eos if isinstance(eos, list) else [eos])
@@ -68,6 +69,7 @@ class HFEngine:
         seed: int | None = None,
         mixture_coef: float = 0.0,
         ignore_eos: bool = False,
+        stop: list[str] | None = None,
     ) -> Generation:
         if mixture_coef != 0:
             raise ValueError(
@@ -97,8 +99,20 @@ class HFEngine:
             if not ignore_eos:  # the completion ends at its first EOS (kept)
                 end = next((j + 1 for j, t in enumerate(toks) if t in self.eos_ids), end)
             reason = finish_reason(toks[:end], self.eos_ids, ignore_eos)
+            if stop and (cut := self._stop_end(toks[:end], stop)) is not None:
+                end, reason = cut, "stop"
             result.add(toks[:end], picked[i, :end].tolist(), reason)
         return result
+
+    def _stop_end(self, toks: list[int], stop: list[str]) -> int | None:
+        """The length of the shortest prefix whose text holds a stop string (None: none does).
+        Generation ran past it here (transformers cannot stop on a string per row); the
+        tokens after it are dropped, which leaves the kept ones' distribution unchanged."""
+        for j in range(1, len(toks) + 1):
+            text = self.tokenizer.decode(toks[:j], skip_special_tokens=True)
+            if any(s in text for s in stop):
+                return j
+        return None
 
     # ------------------------------------------------------------------ weight sync
     def init_weight_sync(self, endpoint: SyncEndpoint) -> None:

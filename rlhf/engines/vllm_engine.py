@@ -186,6 +186,7 @@ class VLLMEngine:
         seed: int | None = None,
         mixture_coef: float = 0.0,
         ignore_eos: bool = False,
+        stop: list[str] | None = None,
     ) -> Generation:
         """See `GenerationEngine.generate`. On a mixture engine (`mixture_reference`), samples
         come from softmax(((1-b)·policy_logits + b·reference_logits) / T), then top-k/top-p,
@@ -206,7 +207,10 @@ class VLLMEngine:
                 top_k=0 if greedy else top_k,
                 seed=request_seed,
                 logprobs=0,  # the sampled token's log-prob only
-                detokenize=False,  # callers decode what they need
+                # callers decode what they need; vLLM finds stop strings in decoded text
+                detokenize=bool(stop),
+                stop=list(stop) if stop else None,
+                include_stop_str_in_output=True,  # the tokens hold it: the text must agree
                 ignore_eos=ignore_eos,
             )
             for request_seed in request_seeds(seed, len(prompt_ids))
@@ -217,10 +221,12 @@ class VLLMEngine:
         for request in outputs:
             for out in sorted(request.outputs, key=lambda o: o.index):
                 toks = list(out.token_ids)
+                # a stop string ends a completion on whichever token completed it
+                stopped = bool(stop) and out.stop_reason in stop
                 result.add(
                     toks,
                     [step[t].logprob for step, t in zip(out.logprobs, toks, strict=True)],
-                    finish_reason(toks, self.eos_ids, ignore_eos),
+                    "stop" if stopped else finish_reason(toks, self.eos_ids, ignore_eos),
                 )
         return result
 

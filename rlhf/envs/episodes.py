@@ -1,0 +1,232 @@
+"""Multi-turn episodes on a generation engine: turns of the policy, observations between them.
+
+Every episode of a call advances together, one turn at a time: each turn is one generate call
+holding a request for every episode still running (so the engine batches them, and its prefix
+cache keeps the shared context cheap), then every running episode's environment steps at once
+(in threads, under one deadline). An episode's tokens after the prompt are the policy's turns
+(loss mask 1, the sampler's log-probs) and the observations between them (mask 0, log-prob 0),
+token ids as sampled: nothing is decoded and re-encoded.
+
+An episode ends when its environment says `done` (finish reason "stop"), or on a limit
+(finish reason "length", counted): `max_turns` policy turns, or its token budget (policy and
+observation tokens after the prompt). An environment that raises, returns something that is
+not a Step, or does not answer within `timeout_s` ends its episode with `on_error`'s reward:
+NaN ("drop": the sample gets no loss weight), 0 ("zero"), or EpisodeError ("raise"). A step
+that never returns leaves its thread behind (Python cannot stop a thread); the thread is a
+daemon, so it does not keep the worker alive.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from rlhf.engines.base import Generation
+from rlhf.envs.base import EpisodeError, Step, checked_step
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EpisodeLimits:
+    max_turns: int  # policy turns
+    max_new_tokens: int  # one policy turn
+    max_tokens: int  # policy and observation tokens after the prompt
+    max_observation_tokens: int  # one observation; longer ones are cut (counted)
+    timeout_s: float  # one reset or step
+    on_error: str = "drop"  # "drop" | "zero" | "raise"
+    turn_rewards: str = "sum"  # "sum" | "last": the episode's reward from its turns'
+
+
+@dataclass
+class Episode:
+    prompt_ids: list[int]
+    env: Any
+    tokens: list[int] = field(default_factory=list)
+    policy: list[int] = field(default_factory=list)  # 1: the policy's token, 0: observation
+    logprobs: list[float] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)  # one per policy turn
+    turns: int = 0
+    finish: str | None = None  # set when the episode is over
+    failed: str | None = None  # why the environment failed
+
+    def room(self, limits: EpisodeLimits) -> int:
+        return limits.max_tokens - len(self.tokens)
+
+
+@dataclass
+class Episodes:
+    """A call's episodes, prompt-major (n per prompt), as the Rollout's columns."""
+
+    generation: Generation  # completion = every token after the prompt; finish reasons
+    policy_masks: list[list[int]]
+    rewards: list[float]  # the environment's reward per episode (NaN: dropped on an error)
+    turns: list[int]
+    metrics: dict[str, float]
+
+
+def call_all(calls: list[Callable[[], Any]], timeout_s: float) -> list[tuple[str, Any]]:
+    """Run `calls` at once, each in a daemon thread, under one deadline. Per call:
+    ("ok", value), ("error", exception) or ("timeout", None)."""
+    results: list[tuple[str, Any]] = [("timeout", None)] * len(calls)
+    done = [threading.Event() for _ in calls]
+
+    def run(i: int) -> None:
+        try:
+            results[i] = ("ok", calls[i]())
+        except Exception as err:  # the environment's own failure: reported, not raised here
+            results[i] = ("error", err)
+        done[i].set()
+
+    for i in range(len(calls)):
+        threading.Thread(target=run, args=(i,), daemon=True, name=f"env-{i}").start()
+    deadline = time.monotonic() + timeout_s
+    for event in done:
+        event.wait(max(0.0, deadline - time.monotonic()))
+    return [results[i] if done[i].is_set() else ("timeout", None) for i in range(len(calls))]
+
+
+def run_episodes(
+    engine,
+    tokenizer,
+    make_env: Callable[[], Any],
+    prompts: list[tuple[str, dict[str, Any]]],
+    prompt_ids: list[list[int]],
+    n: int,
+    seed: int | None,
+    limits: EpisodeLimits,
+    stop: list[str] | None = None,
+    **sampling: Any,
+) -> Episodes:
+    """n episodes per prompt. `prompts`: each prompt's text and dataset columns (what `reset`
+    gets); `sampling`: the engine's sampling settings (temperature, top_p, ...)."""
+    counts = {"env/episodes": 0.0, "env/errors": 0.0, "env/timeouts": 0.0}
+    counts.update({"env/observations_cut": 0.0, "env/max_turns_reached": 0.0})
+    counts.update({"env/out_of_tokens": 0.0})
+    info_sums: dict[str, float] = {}
+    episodes = [Episode(list(ids), make_env()) for ids in prompt_ids for _ in range(n)]
+    texts = [prompts[i] for i in range(len(prompt_ids)) for _ in range(n)]
+    counts["env/episodes"] = float(len(episodes))
+
+    def fail(ep: Episode, kind: str, err: object) -> None:
+        ep.failed, ep.finish = f"{kind}: {err}", "stop"
+        counts["env/timeouts" if kind == "timeout" else "env/errors"] += 1
+
+    resets = call_all(
+        [lambda e=e, t=t: e.env.reset(t[0], **t[1]) for e, t in zip(episodes, texts, strict=True)],
+        limits.timeout_s,
+    )
+    for ep, (status, value) in zip(episodes, resets, strict=True):
+        if status != "ok":
+            fail(ep, "timeout" if status == "timeout" else "reset raised", value)
+
+    turn = 0
+    while running := [e for e in episodes if e.finish is None]:
+        budgets = [min(limits.max_new_tokens, e.room(limits)) for e in running]
+        out = engine.generate(
+            [e.prompt_ids + e.tokens for e in running],
+            n=1,
+            max_new_tokens=max(budgets),
+            seed=None if seed is None else seed + 7919 * turn,
+            stop=stop,
+            **sampling,
+        )
+        for e, budget, toks, lps in zip(
+            running, budgets, out.completion_ids, out.logprobs, strict=True
+        ):
+            toks, lps = toks[:budget], lps[:budget]  # a shorter budget than the call's
+            e.tokens += toks
+            e.policy += [1] * len(toks)
+            e.logprobs += lps
+            e.turns += 1
+        decoded = tokenizer.batch_decode(out.completion_ids, skip_special_tokens=True)
+        steps = call_all(
+            [lambda e=e, t=t: e.env.step(t) for e, t in zip(running, decoded, strict=True)],
+            limits.timeout_s,
+        )
+        for e, (status, value) in zip(running, steps, strict=True):
+            if status == "ok":
+                try:
+                    step = checked_step(value)
+                except ValueError as err:
+                    fail(e, "step returned garbage", err)
+                    continue
+                _observe(e, step, limits, tokenizer, counts, info_sums)
+            else:
+                fail(e, "timeout" if status == "timeout" else "step raised", value)
+        turn += 1
+
+    failures = [e.failed for e in episodes if e.failed]
+    if failures:
+        log.warning(
+            "%d of %d episodes ended on an environment failure (reward.on_error=%s); first: %s",
+            len(failures),
+            len(episodes),
+            limits.on_error,
+            failures[0],
+        )
+        if limits.on_error == "raise":
+            raise EpisodeError(f"the environment failed: {failures[0]}")
+    generation = Generation()
+    for e in episodes:
+        generation.add(e.tokens, e.logprobs, e.finish or "length")
+    counts.update({f"env/{k}": v for k, v in info_sums.items()})
+    return Episodes(
+        generation=generation,
+        policy_masks=[e.policy for e in episodes],
+        rewards=[_episode_reward(e, limits) for e in episodes],
+        turns=[e.turns for e in episodes],
+        metrics=counts,
+    )
+
+
+def _observe(
+    e: Episode,
+    step: Step,
+    limits: EpisodeLimits,
+    tokenizer,
+    counts: dict[str, float],
+    info_sums: dict[str, float],
+) -> None:
+    """The environment's answer to e's turn: its reward, and its observation appended or the
+    episode ended."""
+    e.rewards.append(step.reward)
+    for k, v in step.info.items():
+        info_sums[k] = info_sums.get(k, 0.0) + float(v)
+    if step.done:
+        e.finish = "stop"
+        return
+    if e.turns >= limits.max_turns:
+        e.finish = "length"
+        counts["env/max_turns_reached"] += 1
+        return
+    obs = (
+        tokenizer(step.observation, add_special_tokens=False)["input_ids"]
+        if step.observation
+        else []
+    )
+    if len(obs) > limits.max_observation_tokens:
+        obs = obs[: limits.max_observation_tokens]
+        counts["env/observations_cut"] += 1
+    if len(obs) >= e.room(limits):  # no room left for the policy to answer it
+        e.finish = "length"
+        counts["env/out_of_tokens"] += 1
+        return
+    e.tokens += obs
+    e.policy += [0] * len(obs)
+    e.logprobs += [0.0] * len(obs)
+
+
+def _episode_reward(e: Episode, limits: EpisodeLimits) -> float:
+    if e.failed:
+        return math.nan if limits.on_error == "drop" else 0.0
+    if not e.rewards:
+        return 0.0
+    return float(np.sum(e.rewards)) if limits.turn_rewards == "sum" else e.rewards[-1]

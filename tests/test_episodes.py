@@ -1,0 +1,288 @@
+"""Multi-turn episodes: the environment protocol, the built-in calculator, and the runner on a
+real vLLM engine (a tiny model; what the environments answer drives the episodes)."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import pytest
+import torch
+
+from rlhf.configbase import ConfigError
+from rlhf.envs.base import EpisodeError, Step, checked_step, resolve_environment
+from rlhf.envs.builtin import Calculator, evaluate_arithmetic
+from rlhf.envs.episodes import EpisodeLimits, call_all, run_episodes
+from tests.engine_checks import corpus
+
+# ---------------------------------------------------------------- the protocol (no engine)
+
+
+def test_arithmetic_is_evaluated_and_anything_else_refused():
+    assert evaluate_arithmetic("12*34") == 408
+    assert evaluate_arithmetic(" (7 - 10) / 2 ") == -1.5
+    assert evaluate_arithmetic("6/3") == 2
+    for bad in ("__import__('os')", "2**100", "x+1", "1/0", "9" * 14 + "*9", "", "1;2"):
+        with pytest.raises(ValueError):
+            evaluate_arithmetic(bad)
+
+
+def test_calculator_answers_calls_and_scores_the_final_answer():
+    env = Calculator()
+    env.reset("What is 12 times 34?", answer="#### 408")
+    call = env.step("I need <calc>12*34</calc>")
+    assert (call.observation, call.reward, call.done) == ("<result>408</result>", 0.0, False)
+    assert call.info == {"tool_calls": 1.0, "tool_errors": 0.0}
+    bad = env.step("<calc>twelve</calc>")
+    assert bad.observation == "<result>error</result>" and bad.info["tool_errors"] == 1.0
+    assert env.step("So it is 408.") == Step("", 1.0, True)
+    assert env.step("So it is 407.").reward == 0.0
+
+
+def test_a_step_that_is_not_a_step_is_named():
+    assert checked_step(("obs", 1, False)) == Step("obs", 1.0, False)
+    for garbage, words in [
+        (None, "NoneType"),
+        (Step(observation=3), "observation"),  # type: ignore[arg-type]
+        (Step(reward="high"), "reward"),  # type: ignore[arg-type]
+        (Step(reward=math.nan), "nan"),
+        (Step(done="yes"), "done"),  # type: ignore[arg-type]
+    ]:
+        with pytest.raises(ValueError, match=words):
+            checked_step(garbage)
+
+
+def test_an_environment_that_cannot_be_loaded_names_the_field():
+    assert resolve_environment("calculator") is Calculator
+    assert resolve_environment("rlhf.envs.builtin:Calculator") is Calculator
+    for name, words in [
+        ("calc", "neither a built-in"),
+        ("no_such_module:Env", "cannot load"),
+        ("rlhf.envs.builtin:MAX_OPERAND", "not a class"),
+        ("rlhf.envs.base:Step", "no reset"),
+    ]:
+        with pytest.raises(ConfigError, match=f"rollout.environment.*{words}"):
+            resolve_environment(name)
+
+
+def test_calls_that_never_return_are_reported_as_timeouts():
+    never = threading.Event()
+
+    def boom():
+        raise RuntimeError("boom")
+
+    out = call_all([lambda: 1, boom, never.wait], timeout_s=0.2)
+    assert out[0] == ("ok", 1)
+    assert out[1][0] == "error" and str(out[1][1]) == "boom"
+    assert out[2] == ("timeout", None)
+    never.set()
+
+
+# ---------------------------------------------------------------- the runner on vLLM
+
+OBSERVATION = "+11="  # the tiny model's tokenizer knows these characters
+
+
+class Scripted:
+    """Answers every turn with OBSERVATION and reward 1; done after `turns` turns (never when
+    0); records the turns' texts."""
+
+    turns = 3
+
+    def reset(self, prompt: str, **columns) -> None:
+        self.prompt, self.columns, self.texts = prompt, columns, []
+
+    def step(self, text: str) -> Step:
+        self.texts.append(text)
+        return Step(OBSERVATION, 1.0, len(self.texts) == self.turns)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from rlhf.engines.vllm_engine import VLLMEngine
+    from rlhf.models.tiny import build_tiny_model
+
+    path = str(build_tiny_model(tmp_path_factory.mktemp("tiny"), corpus()))
+    engine = VLLMEngine(path, seed=0, max_model_len=256, kv_cache_bytes=128 * 2**20)
+    yield engine, AutoTokenizer.from_pretrained(path), path
+    engine.shutdown()
+
+
+PROMPTS = [("1+2=", {"answer": "3"}), ("30+4=", {"answer": "34"})]
+LIMITS = EpisodeLimits(
+    max_turns=5, max_new_tokens=6, max_tokens=100, max_observation_tokens=16, timeout_s=30
+)
+
+
+def _run(setup, make_env, limits=LIMITS, n=3, seed=5, **kw):
+    engine, tokenizer, _ = setup
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p, _ in PROMPTS]
+    return ids, run_episodes(
+        engine, tokenizer, make_env, PROMPTS, ids, n, seed, limits, temperature=1.0, **kw
+    )
+
+
+@pytest.mark.slow
+def test_episodes_interleave_policy_turns_and_observations(setup):
+    engine, tokenizer, path = setup
+    envs: list[Scripted] = []
+
+    def make():
+        envs.append(Scripted())
+        return envs[-1]
+
+    ids, eps = _run(setup, make)
+    obs = tokenizer(OBSERVATION, add_special_tokens=False)["input_ids"]
+    assert len(envs) == 6 and [e.prompt for e in envs] == ["1+2="] * 3 + ["30+4="] * 3
+    assert envs[3].columns == {"answer": "34"}
+    assert eps.turns == [3] * 6 and eps.rewards == [3.0] * 6
+    assert eps.generation.finish_reasons == ["stop"] * 6
+    assert eps.metrics["env/episodes"] == 6 and eps.metrics["env/errors"] == 0
+    for e, toks, mask, lps in zip(
+        envs, eps.generation.completion_ids, eps.policy_masks, eps.generation.logprobs, strict=True
+    ):
+        # policy turn, observation, policy turn, observation, policy turn: the observation's
+        # tokens sit where the mask is 0, exactly, and each turn's text is what the env got
+        runs, start = [], 0
+        for j in range(1, len(mask) + 1):
+            if j == len(mask) or mask[j] != mask[start]:
+                runs.append((mask[start], toks[start:j]))
+                start = j
+        assert [m for m, _ in runs] == [1, 0, 1, 0, 1]
+        assert all(t == obs for m, t in runs if m == 0)
+        turns = [tokenizer.decode(t, skip_special_tokens=True) for m, t in runs if m == 1]
+        assert turns == e.texts
+        assert all(lp == 0.0 for lp, m in zip(lps, mask, strict=True) if m == 0)
+
+    # The policy tokens' log-probs are the learner's: a plain forward over the whole
+    # episode (observations included in the context) gives them.
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    for i, (toks, mask, lps) in enumerate(
+        zip(eps.generation.completion_ids, eps.policy_masks, eps.generation.logprobs, strict=True)
+    ):
+        prompt = ids[i // 3]
+        with torch.inference_mode():
+            logits = model(torch.tensor([prompt + toks])).logits[0, len(prompt) - 1 : -1]
+        want = torch.log_softmax(logits, -1).gather(-1, torch.tensor(toks)[:, None])[:, 0]
+        policy = torch.tensor(mask, dtype=torch.bool)
+        torch.testing.assert_close(torch.tensor(lps)[policy], want[policy], atol=2e-3, rtol=0)
+
+    _, again = _run(setup, Scripted)  # a seed makes episodes reproducible
+    assert again.generation.completion_ids == eps.generation.completion_ids
+    assert len({tuple(t) for t in eps.generation.completion_ids[:3]}) > 1  # samples differ
+
+
+class Endless(Scripted):
+    turns = 0  # never done
+
+    def __init__(self, observation: str = OBSERVATION) -> None:
+        self.observation = observation
+
+    def step(self, text: str) -> Step:
+        super().step(text)
+        return Step(self.observation, 0.5, False)
+
+
+@pytest.mark.slow
+def test_limits_end_episodes_and_are_counted(setup):
+    _, eps = _run(setup, Endless)
+    assert eps.turns == [5] * 6 and eps.rewards == [2.5] * 6  # max_turns; rewards summed
+    assert eps.generation.finish_reasons == ["length"] * 6
+    assert eps.metrics["env/max_turns_reached"] == 6
+
+    last = EpisodeLimits(**{**LIMITS.__dict__, "turn_rewards": "last"})
+    assert _run(setup, Endless, last)[1].rewards == [0.5] * 6
+
+    # A token budget of 20 after the prompt: 6-token turns and 4-token observations
+    tight = EpisodeLimits(**{**LIMITS.__dict__, "max_tokens": 20})
+    _, eps = _run(setup, Endless, tight)
+    assert all(len(t) <= 20 for t in eps.generation.completion_ids)
+    assert max(len(t) for t in eps.generation.completion_ids) > 12  # it got near the budget
+    assert eps.metrics["env/out_of_tokens"] + eps.metrics["env/max_turns_reached"] == 6
+
+    # An observation longer than max_observation_tokens is cut to it, and counted.
+    _, eps = _run(setup, lambda: Endless("1+2=3" * 10))
+    assert eps.metrics["env/observations_cut"] > 0
+    for mask in eps.policy_masks:
+        runs = "".join(str(m) for m in mask).split("1")
+        assert max(len(r) for r in runs) <= LIMITS.max_observation_tokens
+
+
+class Fails(Scripted):
+    """Episodes of the second prompt fail on their first step, in the way given."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+
+    def step(self, text: str):
+        if self.prompt == "30+4=":
+            if self.how == "raise":
+                raise RuntimeError("the tool is down")
+            if self.how == "garbage":
+                return {"observation": "?"}
+            threading.Event().wait()  # hangs for ever
+        return super().step(text)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["raise", "garbage", "hang"])
+def test_a_failing_environment_ends_only_its_episodes(setup, how):
+    limits = EpisodeLimits(**{**LIMITS.__dict__, "timeout_s": 1.0})
+    _, eps = _run(setup, lambda: Fails(how), limits)
+    assert eps.rewards[:3] == [3.0] * 3  # the first prompt's episodes run their course
+    assert all(math.isnan(r) for r in eps.rewards[3:])  # on_error "drop": no loss weight
+    assert eps.turns[3:] == [1] * 3
+    key = "env/timeouts" if how == "hang" else "env/errors"
+    assert eps.metrics[key] == 3
+
+    zero = EpisodeLimits(**{**limits.__dict__, "on_error": "zero"})
+    assert _run(setup, lambda: Fails(how), zero)[1].rewards[3:] == [0.0] * 3
+    if how == "raise":
+        stop = EpisodeLimits(**{**limits.__dict__, "on_error": "raise"})
+        with pytest.raises(EpisodeError, match="the tool is down"):
+            _run(setup, lambda: Fails(how), stop)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["vllm", "hf"])
+def test_stop_strings_end_a_turn_on_the_token_that_completes_them(setup, kind):
+    from rlhf.engines.hf_engine import HFEngine
+
+    engine, tokenizer, path = setup
+    if kind == "hf":
+        engine = HFEngine(path, seed=0)
+    prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p, _ in PROMPTS]
+    args = dict(n=8, max_new_tokens=12, temperature=1.0, seed=3)
+    free = engine.generate(prompts, **args)
+    texts = [tokenizer.decode(t, skip_special_tokens=True) for t in free.completion_ids]
+    # the characters the samples write most often after their first: they will cut many
+    counts: dict[str, int] = {}
+    for text in texts:
+        for ch in set(text[1:]):
+            # printable ASCII: a byte-level tokenizer's partial characters decode to U+FFFD
+            # here, while vLLM's incremental detokenizer holds them back
+            if ch.isascii() and ch.isprintable():
+                counts[ch] = counts.get(ch, 0) + 1
+    stop = sorted(counts, key=lambda ch: (-counts[ch], ch))[:2]  # the two most common
+    cut = engine.generate(prompts, **args, stop=stop)
+    stopped = 0
+    for toks, whole, reason in zip(
+        cut.completion_ids, free.completion_ids, cut.finish_reasons, strict=True
+    ):
+        # The same seeded draws up to the first token whose text completes the stop string,
+        # which ends the completion and stays in it.
+        ends = [
+            j
+            for j in range(1, len(whole) + 1)
+            if any(x in tokenizer.decode(whole[:j], skip_special_tokens=True) for x in stop)
+        ]
+        if ends:
+            assert toks == whole[: ends[0]] and reason == "stop", (stop, tokenizer.decode(toks))
+            stopped += 1
+        else:
+            assert toks == whole
+    assert stopped >= 4, (stop, texts)  # the most common characters cut many samples
