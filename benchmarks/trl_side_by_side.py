@@ -212,7 +212,7 @@ def check_comparable(cfg: Config) -> None:
         problems.append("beta 0, no entropy bonus, no truncation masking")
     if learner.lr_decay != "cosine" or learner.zero_stage not in (0, 1, 2):
         problems.append("cosine schedule; ZeRO 0-2 (one rank holds every weight)")
-    rewards = [(f.name, f.weight) for f in cfg.reward.functions]
+    rewards = [(f.name, f.weight) for f in cfg.reward_functions()]
     if len(rewards) != 1 or rewards[0][0] not in TRL_REWARDS or rewards[0][1] != 1.0:
         problems.append(f"reward: one of {', '.join(TRL_REWARDS)} alone, weight 1")
     if cfg.reward.models:
@@ -267,7 +267,7 @@ def trl_job(cfg: Config, model_path: str, task, tokenizer) -> dict[str, Any]:
         "model_path": model_path,
         "rows": rows,
         "expected_prompt_ids": [prompt_ids(tokenizer, p) for p in checked],
-        "reward": cfg.reward.functions[0].name,
+        "reward": cfg.reward_functions()[0].name,
         "settings": settings,
     }
 

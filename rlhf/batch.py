@@ -75,6 +75,12 @@ SAMPLE_VERSION = declare(
     "sample_version", "sequence", np.int64, "the policy version whose weights generated the row"
 )
 REWARDS = declare("rewards", "sequence", np.float32, "scalar reward; NaN = no valid reward")
+ENV_REWARDS = declare(
+    "env_rewards",
+    "sequence",
+    np.float32,
+    "an episode's reward from its environment (rlhf.envs); NaN: it ended on a failure",
+)
 REF_LOGPROBS = declare("ref_logprobs", "token", np.float32, "frozen reference's log-probs")
 OLD_LOGPROBS = declare("old_logprobs", "token", np.float32, "learner's log-probs before update")
 VALUES = declare("values", "token", np.float32, "critic's V(state before token t), pre-update")
@@ -472,6 +478,10 @@ def collate_rollouts(rollouts: list[Rollout], pad_id: int, first_unit: int = 0) 
     }
     if any(r.from_mixture for r in rollouts):
         columns["from_mixture"] = np.asarray(mixture, dtype=np.float32)
+    if any(r.env_rewards for r in rollouts):
+        columns["env_rewards"] = np.asarray(
+            [x for r in rollouts for x in r.env_rewards], dtype=np.float32
+        )
     return TrainBatch(
         columns,
         np.asarray(units, dtype=np.int64),

@@ -273,6 +273,45 @@ class RolloutConfig(Section):
         description="prompts (whole groups) per generate call handed to a free rollout "
         "worker; None: a batch's prompts split evenly, one call per worker",
     )
+    stop: list[str] = Field(
+        [],
+        description="strings that end a completion (with an environment: a policy turn) on "
+        "the token that completes one, which the completion keeps; an environment's own "
+        "`stop` attribute adds to them",
+    )
+    # Multi-turn episodes (rlhf/envs, docs/environments.md)
+    environment: str | None = Field(
+        None,
+        description="multi-turn episodes: a built-in ('calculator') or 'package.module:Class' "
+        "with reset(prompt, **columns) and step(text) -> rlhf.envs.Step, one instance per "
+        "episode; None: one completion per sample",
+    )
+    max_turns: int = Field(4, gt=0, description="with an environment: policy turns per episode")
+    max_episode_tokens: int | None = Field(
+        None,
+        gt=0,
+        description="with an environment: policy and observation tokens after the prompt; "
+        "None: max_new_tokens x max_turns (max_new_tokens is then one turn's)",
+    )
+    max_observation_tokens: int = Field(
+        256, gt=0, description="with an environment: one observation's tokens; longer ones are cut"
+    )
+    env_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="with an environment: the limit for one reset or step; past it the "
+        "episode ends with reward.on_error's outcome",
+    )
+    turn_rewards: Literal["sum", "last"] = Field(
+        "sum", description="with an environment: an episode's reward from its turns' rewards"
+    )
+
+    def completion_tokens(self) -> int:
+        """The most tokens a sample holds after its prompt: one completion, or a whole
+        episode (policy and observation tokens) with an environment."""
+        if self.environment is None:
+            return self.max_new_tokens
+        return self.max_episode_tokens or self.max_new_tokens * self.max_turns
 
 
 class RewardFunctionConfig(Section):
@@ -301,8 +340,16 @@ class RewardModelConfig(Section):
     max_length: int = Field(256, gt=0, description="tokens per row; longer rows keep the end")
 
 
+DEFAULT_REWARD_FUNCTION = "addition_exact"  # the built-in task's
+
+
 class RewardConfig(Section):
-    functions: list[RewardFunctionConfig] = [RewardFunctionConfig(name="addition_exact")]
+    functions: list[RewardFunctionConfig] | None = Field(
+        None,
+        description="reward functions, summed with their weights; None: "
+        f"{DEFAULT_REWARD_FUNCTION} (the default task's), or with rollout.environment none "
+        "(the environment's rewards alone)",
+    )
     models: list[RewardModelConfig] = Field(
         [], description="reward models, scored alongside `functions` (weighted sum)"
     )
@@ -313,12 +360,6 @@ class RewardConfig(Section):
     judge: JudgeConfig = Field(
         JudgeConfig(), description="pairwise judge of the preference algorithms and `rlhf eval`"
     )
-
-    @model_validator(mode="after")
-    def _something_scores(self) -> RewardConfig:
-        if not self.functions and not self.models:
-            raise ValueError("reward.functions and reward.models are both empty: give at least one")
-        return self
 
 
 class LearnerConfig(Section):
@@ -535,6 +576,7 @@ class Config(Section):
                 f"beta={self.algorithm.beta} uses the reference model"
             )
         self._check_overlap()
+        self._check_scoring()
         n = self.samples_per_prompt()
         for section in ("learner", "critic"):
             if getattr(self, section).micro_batch_size < n:
@@ -557,6 +599,21 @@ class Config(Section):
                 "to false, or rollout.max_staleness to 0"
             )
 
+    def _check_scoring(self) -> None:
+        """Something scores the samples; an environment's episodes go to the algorithms
+        that learn from rewards."""
+        env = self.rollout.environment
+        if not self.reward_functions() and not self.reward.models and env is None:
+            raise ValueError("reward.functions and reward.models are both empty: give at least one")
+        if env is None:
+            return
+        algorithm = self.make_algorithm()
+        if "preferences" in algorithm.needs or algorithm.sampling_mixture is not None:
+            raise ValueError(
+                f"rollout.environment ({env!r}) runs with the algorithms that learn from "
+                f"rewards (grpo, rloo, reinforce_pp, ppo), not {self.algorithm.name}"
+            )
+
     # Resolved choices: methods, so the fields keep what the user wrote (config.yaml records
     # it, and a resume with an override is a fresh validation of it).
     def is_colocated(self, pool: str) -> bool:
@@ -569,6 +626,15 @@ class Config(Section):
 
     def colocated_pools(self) -> list[str]:
         return [p for p in POOLS if self.is_colocated(p)]
+
+    def reward_functions(self) -> list[RewardFunctionConfig]:
+        """`reward.functions`, or unset, the default task's reward (none with an environment:
+        its rewards score the episodes)."""
+        if self.reward.functions is not None:
+            return self.reward.functions
+        if self.rollout.environment is not None:
+            return []
+        return [RewardFunctionConfig(name=DEFAULT_REWARD_FUNCTION)]
 
     def samples_per_prompt(self) -> int:
         """`rollout.samples_per_prompt`, or unset, the shape the algorithm fixes (nash_md:
@@ -584,7 +650,7 @@ class Config(Section):
         if getattr(block, "importance_sampling_cap", 0.0) is None:
             cap = STALE_IMPORTANCE_CAP if self.rollout.max_staleness > 0 else 0.0
             block = block.model_copy(update={"importance_sampling_cap": cap})
-        return ALGORITHMS[block.name](block, self.rollout.max_new_tokens)
+        return ALGORITHMS[block.name](block, self.rollout.completion_tokens())
 
 
 # Samples of each prompt when neither the user nor the algorithm says: a group large enough

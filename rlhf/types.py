@@ -43,6 +43,7 @@ class Rollout:
     # empty: no environment
     env_rewards: list[float] = field(default_factory=list)
     turns: list[int] = field(default_factory=list)  # per sample, the policy's turns
+    metrics: dict[str, float] = field(default_factory=dict)  # the call's (env/* counts)
 
     def __len__(self) -> int:
         return len(self.completion_ids)

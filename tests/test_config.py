@@ -198,3 +198,28 @@ def test_threads_at_once_counts_disaggregated_pools_and_one_colocated_turn():
     assert threads_at_once(apart, {"ref_logprobs"}) == 2 + 2 + 1 + 1
     mixed = load_config(None, ["topology.colocate_all=false", "topology.learner.colocated=true"])
     assert threads_at_once(mixed, set()) == 2 + 1 + cores
+
+
+def test_an_environment_changes_what_scores_and_how_long_a_sample_is(tmp_path):
+    plain = load_config(None, [])
+    assert plain.reward.functions is None  # as written: unset
+    assert [f.name for f in plain.reward_functions()] == ["addition_exact"]
+    assert plain.rollout.completion_tokens() == plain.rollout.max_new_tokens
+    env = load_config(None, ["rollout.environment=calculator", "rollout.max_new_tokens=8"])
+    assert env.reward_functions() == []  # the environment's rewards alone
+    assert env.rollout.completion_tokens() == 8 * 4  # max_turns 4
+    assert (
+        load_config(None, [*ENV, "rollout.max_episode_tokens=20"]).rollout.completion_tokens() == 20
+    )
+    named = load_config(None, [*ENV, "reward.functions=[{name: final_number}]"])
+    assert [f.name for f in named.reward_functions()] == ["final_number"]
+    (tmp_path / "config.yaml").write_text(dump_config(env))
+    again = load_config(tmp_path / "config.yaml")  # config.yaml keeps it unset
+    assert again.reward.functions is None and again.reward_functions() == []
+    with pytest.raises(ConfigError, match="both empty"):
+        load_config(None, ["reward.functions=[]"])
+    with pytest.raises(ConfigError, match="rollout.environment.*not online_dpo"):
+        load_config(None, [*ENV, "algorithm.name=online_dpo"])
+
+
+ENV = ["rollout.environment=calculator"]

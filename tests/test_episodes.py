@@ -286,3 +286,50 @@ def test_stop_strings_end_a_turn_on_the_token_that_completes_them(setup, kind):
         else:
             assert toks == whole
     assert stopped >= 4, (stop, texts)  # the most common characters cut many samples
+
+
+# ---------------------------------------------------------------- `rlhf train` with episodes
+
+# The user's environment module, beside where they launch: a hint after the first turn, then
+# the second turn is scored against the prompt's `answer` column.
+HINTED = """
+from rlhf.envs import Step
+
+class Hinted:
+    def reset(self, prompt, answer, **columns):
+        self.answer, self.turns = answer, 0
+
+    def step(self, text):
+        self.turns += 1
+        if self.turns == 1:
+            return Step(observation=" 1+1=", info={"hints": 1.0})
+        return Step(reward=1.0 if text.strip() == self.answer else 0.0, done=True)
+"""
+
+
+@pytest.mark.slow
+def test_grpo_trains_on_two_turn_episodes_on_vllm(tmp_path):
+    """`rlhf train rollout.environment=...` on the built-in task: every sample an episode of
+    two policy turns with the environment's hint between them; the environment's rewards are
+    the samples' rewards (no reward function configured), and the learner's log-probs of the
+    policy's tokens equal the sampler's after each sync."""
+    from tests.run_options import NO_DASHBOARD, ONE_EACH
+    from tests.test_real_shapes import records_of, strict_json, train
+
+    (tmp_path / "myenv.py").write_text(HINTED)
+    proc = train(tmp_path, "rollout.environment=myenv:Hinted", "run.iterations=3",
+                 "rollout.prompts_per_iteration=16", *ONE_EACH, NO_DASHBOARD)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = tmp_path / "runs" / "run"
+    records = records_of(run)
+    assert len(records) == 3
+    hint = 5  # " 1+1=" in the default tokenizer: one token a character
+    for r in records:
+        assert r["env/episodes"] == 16 * 8 and r["env/hints"] == 16 * 8
+        assert r["env/turns_mean"] == 2 and r["env/errors"] == r["env/timeouts"] == 0
+        assert r["rollout/observation_tokens"] == 16 * 8 * hint
+        assert r["reward/mean"] == r["reward/env_mean"]  # the environment's rewards alone
+        assert r["reward/dropped"] == 0
+        assert r["sync/logprob_abs_diff"] < 1e-5  # over the policy's tokens only
+    summary = strict_json(run / "summary.json")
+    assert summary["eval/greedy_reward_before"] is not None

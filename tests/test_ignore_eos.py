@@ -39,7 +39,7 @@ def _worker(overrides: list[str]) -> tuple[RolloutWorker, _RecordingEngine]:
     worker.cfg = load_config(None, overrides)
     worker.engine = _RecordingEngine()
     worker.tokenizer = _Tokenizer()
-    worker.mixture = None
+    worker.mixture, worker.environment, worker.stop = None, None, []
     worker.name, worker.index, worker.policy_version = "rollout-0", 0, 0
     return worker, worker.engine
 

@@ -25,6 +25,7 @@ ROOMS = {
     "rlhf.engines": 2,
     "rlhf.rewards": 2,
     "rlhf.training": 2,
+    "rlhf.envs": 2,
     "rlhf.workers": 3,
     "rlhf.runtime": 4,
     "rlhf.evaluation": 4,

@@ -1,6 +1,7 @@
 """Lengths a run can hold: the engines' context, and the prompts that fit in it.
 
-A sequence is its prompt plus up to `rollout.max_new_tokens` generated tokens, and must fit the
+A sequence is its prompt plus up to `rollout.max_new_tokens` generated tokens (with an
+environment: a whole episode, `RolloutConfig.completion_tokens`), and must fit the
 engines' context (`rollout.max_model_len`), which must fit the model's positions. Checked once,
 before anything starts (`rlhf train` calls `fit_prompts` before it makes the run folder):
 
@@ -64,7 +65,7 @@ def fit_prompts(
     """Decide the engines' context and drop the prompts that leave no room for the answer,
     from `task`'s training and held-out prompts (in place); `ConfigError` for what cannot
     work. `prompt_length`: a prompt's token count as the run will feed it."""
-    new = cfg.rollout.max_new_tokens
+    new, budget = cfg.rollout.completion_tokens(), _budget_field(cfg)
     given = cfg.rollout.max_model_len
     positions = model_positions(model_path)
     if positions is not None and given is not None and given > positions[0]:
@@ -81,8 +82,8 @@ def fit_prompts(
         limit, where = None, "no limit"
     if limit is not None and new >= limit:
         raise ConfigError(
-            f"rollout.max_new_tokens={new} leaves no room for a prompt in {where}={limit}: "
-            f"lower rollout.max_new_tokens below {limit}"
+            f"{budget}={new} leaves no room for a prompt in {where}={limit}: "
+            f"lower {budget} below {limit}"
         )
     room = None if limit is None else limit - new  # the longest prompt that fits
     kept_train, long_train, longest_train = _keep(task.train_prompts, prompt_length, room)
@@ -90,19 +91,20 @@ def fit_prompts(
     if not kept_train:
         raise ConfigError(
             f"every training prompt is too long: the shortest has {min(long_train)} tokens, "
-            f"and {where}={limit} leaves {room} for a prompt after rollout.max_new_tokens={new}; "
+            f"and {where}={limit} leaves {room} for a prompt after {budget}={new}; "
             "raise rollout.max_model_len (up to the model's positions), lower "
-            "rollout.max_new_tokens, or shorten the prompts"
+            f"{budget}, or shorten the prompts"
         )
     if long_train or long_eval:
         log.warning(
             "%d training and %d held-out prompts are longer than the %d tokens %s=%d leaves "
-            "after rollout.max_new_tokens=%d: they are left out (metric data/filtered_too_long)",
+            "after %s=%d: they are left out (metric data/filtered_too_long)",
             len(long_train),
             len(long_eval),
             room,
             where,
             limit,
+            budget,
             new,
         )
     task.train_prompts, task.eval_prompts = kept_train, kept_eval
@@ -113,6 +115,16 @@ def fit_prompts(
         filtered_eval=len(long_eval),
         longest_prompt=longest,
     )
+
+
+def _budget_field(cfg: Config) -> str:
+    """The setting that sizes a sample after its prompt, as an error names it."""
+    r = cfg.rollout
+    if r.environment is None:
+        return "rollout.max_new_tokens"
+    if r.max_episode_tokens is not None:
+        return "rollout.max_episode_tokens"
+    return "rollout.max_new_tokens x rollout.max_turns"
 
 
 def _keep(

@@ -52,6 +52,8 @@ class _Request:
     greedy: bool
     what: str
     results: list[Rollout | None] = field(default_factory=list)
+    # per prompt, its text and dataset columns: what an environment's reset gets (episodes)
+    contexts: list[tuple[str, dict]] | None = None
 
     @property
     def done(self) -> bool:
@@ -85,6 +87,7 @@ class RolloutScheduler:
         seed: int,
         greedy: bool = False,
         what: str = "generate",
+        contexts: list[tuple[str, dict]] | None = None,
     ) -> int:
         """Queue a request; returns its id for `result`. Call j's seed is `seed` plus the
         index of its first prompt, so samples do not depend on which worker runs a call."""
@@ -92,7 +95,7 @@ class RolloutScheduler:
         workers = self.elastic.size if self.elastic is not None else len(self.pool)
         per = self.prompts_per_call or max(1, math.ceil(len(prompt_ids) / max(workers, 1)))
         starts = list(range(0, len(prompt_ids), per))
-        request = _Request(prompt_ids, n, seed, greedy, what, [None] * len(starts))
+        request = _Request(prompt_ids, n, seed, greedy, what, [None] * len(starts), contexts)
         self.requests[rid] = request
         for i, start in enumerate(starts):
             self.queue.append(_Call(rid, i, start, min(start + per, len(prompt_ids))))
@@ -133,8 +136,9 @@ class RolloutScheduler:
         while self.queue and self.free:
             call, name = self.queue.popleft(), self.free.popleft()
             r = self.requests[call.request]
+            contexts = r.contexts[call.start : call.stop] if r.contexts is not None else None
             ref = self.pool.actors[name].generate.remote(
-                r.prompt_ids[call.start : call.stop], r.n, r.seed + call.start, r.greedy
+                r.prompt_ids[call.start : call.stop], r.n, r.seed + call.start, r.greedy, contexts
             )
             self.inflight[ref] = (name, call)
 

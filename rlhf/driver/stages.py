@@ -115,9 +115,22 @@ class RewardStage(Stage):
     column = "rewards"
     time_key = "time/reward"
 
-    def __init__(self, pool: Pool, timeout_s: float, functions: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        timeout_s: float,
+        functions: list[str] | None = None,
+        scored: bool = True,
+    ) -> None:
         super().__init__(pool, timeout_s)
         self.functions = functions  # None: the configured reward functions
+        # False: no reward function or model is configured (an environment's rewards alone)
+        self.scored = scored
+
+    @classmethod
+    def build(cls, pools: Pools, cfg: Config, timeout_s: float) -> Stage:
+        scored = bool(cfg.reward_functions() or cfg.reward.models)
+        return cls(getattr(pools, STAGES[cls.column]), timeout_s, scored=scored)
 
     def _submit(self, s: Sampled) -> Pending:
         keys = list(s.prompts[0].columns) if s.prompts else []
@@ -133,8 +146,16 @@ class RewardStage(Stage):
         rewards = np.full(len(s.batch), np.nan, dtype=np.float32)
         for rows, (values, _) in zip(pending.parts, results, strict=True):
             rewards[rows] = values
-        s.batch["rewards"] = rewards
         metrics = combine(m for _, m in results)
+        if "env_rewards" in s.batch:  # episodes: the environment's reward joins the sum
+            env = s.batch["env_rewards"]
+            if self.scored or self.functions:
+                rewards = env + rewards
+            else:  # nothing else scores: the workers' "no valid reward" counts mean nothing
+                rewards, metrics = env.copy(), {}
+            metrics["reward/env_mean"] = float(np.nanmean(env)) if (env == env).any() else math.nan
+            metrics["reward/dropped"] = float(np.isnan(rewards).sum())
+        s.batch["rewards"] = rewards
         valid = rewards[~np.isnan(rewards)]
         metrics["reward/mean"] = float(valid.mean()) if valid.size else math.nan
         metrics["reward/std"] = float(valid.std()) if valid.size else math.nan
@@ -285,7 +306,8 @@ STAGE_CLASSES: dict[str, type[Stage]] = {
 
 
 def rollout_metrics(s: Sampled) -> dict[str, float]:
-    lengths = s.batch["completion_mask"].sum(axis=1)
+    mask = s.batch["completion_mask"]
+    lengths = mask.sum(axis=1)  # the policy's tokens (an episode's observations are not)
     busy: dict[str, float] = {}  # each worker's seconds generating this batch
     per_worker: dict[str, float] = {}  # prompts and tokens each worker generated
     for r in s.rollouts:
@@ -296,9 +318,17 @@ def rollout_metrics(s: Sampled) -> dict[str, float]:
         )
         tokens = float(sum(len(c) for c in r.completion_ids))
         per_worker[f"{key}/tokens"] = per_worker.get(f"{key}/tokens", 0.0) + tokens
-    prompt_lengths = s.batch["attention_mask"].sum(axis=1) - lengths
+    real = s.batch["attention_mask"].sum(axis=1)
+    # a completion starts with the policy's first token: the prompt is what comes before
+    prompt_lengths = np.where(mask.any(axis=1), mask.argmax(axis=1), real)
+    episodes = combine(r.metrics for r in s.rollouts)
+    if "env/episodes" in episodes:
+        turns = [t for r in s.rollouts for t in r.turns]
+        episodes["env/turns_mean"] = float(np.mean(turns)) if turns else 0.0
+        episodes["rollout/observation_tokens"] = float((real - prompt_lengths - lengths).sum())
     return {
         **per_worker,
+        **episodes,
         "time/generate_busy": max(busy.values(), default=0.0),
         "rollout/tokens": float(lengths.sum()),
         "rollout/length_mean": float(lengths.mean()),

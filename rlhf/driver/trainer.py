@@ -313,7 +313,11 @@ class Trainer:
         assert self.scheduler is not None
         n = 1 if greedy else self.cfg.samples_per_prompt()
         ids = [prompt_ids(self.tokenizer, p) for p in prompts]
-        return self.scheduler.submit(ids, n, seed, greedy, "evaluate" if greedy else "generate")
+        what = "evaluate" if greedy else "generate"
+        contexts = None
+        if self.cfg.rollout.environment is not None:  # episodes: reset gets these
+            contexts = [(p.text, p.columns) for p in prompts]
+        return self.scheduler.submit(ids, n, seed, greedy, what, contexts)
 
     def _collect(self, prompts: list[Prompt], rid: int) -> Sampled:
         assert self.scheduler is not None
@@ -427,7 +431,10 @@ class Trainer:
         prompts = self.task.eval_prompts[: self.cfg.run.eval_prompts]
         sampled = self._generate(prompts, seed=0, greedy=True)
         default = self.task.default_reward  # None (a prompt file): the configured functions
-        stage = RewardStage(self.pools.reward, self.timeout, default and [default])
+        if self.cfg.rollout.environment is not None:  # episodes are scored as in training
+            stage = RewardStage.build(self.pools, self.cfg, self.timeout)
+        else:
+            stage = RewardStage(self.pools.reward, self.timeout, default and [default])
         self._finish_stage(stage, stage.submit(sampled), sampled)
         return float(np.nanmean(sampled.batch["rewards"]))
 

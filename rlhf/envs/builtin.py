@@ -60,8 +60,8 @@ class Calculator:
     stop = ["</calc>"]
     OPEN, CLOSE = "<calc>", "</calc>"
 
-    def reset(self, prompt: str, answer: object = None, **columns: Any) -> None:
-        self.answer = None if answer is None else last_number(str(answer).rsplit(GSM8K_MARK, 1)[-1])
+    def reset(self, prompt: str, answer: object, **columns: Any) -> None:
+        self.answer = last_number(str(answer).rsplit(GSM8K_MARK, 1)[-1])
 
     def step(self, text: str) -> Step:
         call = text.rstrip()

@@ -29,7 +29,7 @@ def evaluation_skipped(cfg: Config, task: Task) -> str | None:
         return None
     columns = prompt_columns(task)
     with launch_dir_importable():
-        for i, fn in enumerate(cfg.reward.functions):
+        for i, fn in enumerate(cfg.reward_functions()):
             if fn.remote is not None:
                 continue
             missing = missing_columns(resolve_reward_function(fn.name), 2, columns)

@@ -2,7 +2,7 @@
 
 `rlhf train` runs `check_before_start` before it makes the run folder or starts Ray: an
 unknown task, a model folder that is not there, a reward function that cannot be loaded, an
-unusable reward-model or judge folder each raise `ConfigError` naming the field, and the CLI
+unusable reward-model or judge folder, an environment that cannot be loaded each raise `ConfigError` naming the field, and the CLI
 exits with code 2 and that one message (docs/user_errors.md lists them, tested). Reward
 functions are imported here as the reward workers will import them, relative to the
 directory the user launched from.
@@ -34,7 +34,7 @@ def check_before_start(cfg: Config) -> Task:
         check_model_path(cfg.model.path)
     columns = prompt_columns(task)
     with launch_dir_importable():
-        for i, fn in enumerate(cfg.reward.functions):
+        for i, fn in enumerate(cfg.reward_functions()):
             if fn.remote is not None:  # the service may be reachable from the cluster only
                 from rlhf.rewards.service import read_token
 
@@ -49,6 +49,18 @@ def check_before_start(cfg: Config) -> Task:
                     f"{', '.join(missing)}, which the prompts lack (their columns: "
                     f"{', '.join(columns) or 'none'}): add them to the prompt file, or name "
                     "reward functions that fit the data"
+                )
+        if cfg.rollout.environment is not None:
+            from rlhf.envs.base import resolve_environment
+
+            env = resolve_environment(cfg.rollout.environment)
+            reset = getattr(env, "reset", None)
+            missing = missing_columns(reset, 2, columns) if isinstance(env, type) and reset else []
+            if missing:  # reset(self, prompt, ...) called with **columns
+                raise ConfigError(
+                    f"rollout.environment: {cfg.rollout.environment!r}'s reset needs the "
+                    f"column(s) {', '.join(missing)}, which the prompts lack (their columns: "
+                    f"{', '.join(columns) or 'none'})"
                 )
         if cfg.reward.judge.kind == "function" and cfg.reward.judge.function:
             judge = resolve_judge_function(cfg.reward.judge.function)

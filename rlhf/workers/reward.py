@@ -35,7 +35,7 @@ class RewardWorker(WorkerIdentity):
         self.name = f"reward-{index}"
         self.on_error = cfg.reward.on_error
         self.rewards = [
-            NamedReward(f.name, reward_function_of(f), f.weight) for f in cfg.reward.functions
+            NamedReward(f.name, reward_function_of(f), f.weight) for f in cfg.reward_functions()
         ]
         self.rewards += reward_models(cfg)
         self.judge_cfg = cfg.reward.judge

@@ -6,6 +6,8 @@ import time
 
 from rlhf.config import Config
 from rlhf.engines.base import Generation
+from rlhf.envs.base import resolve_environment
+from rlhf.envs.episodes import EpisodeLimits, run_episodes
 from rlhf.sync.buckets import ParamSpec
 from rlhf.sync.group import SyncEndpoint
 from rlhf.types import Rollout
@@ -39,13 +41,23 @@ class RolloutWorker(WorkerIdentity):
             max_model_len=max_model_len,
         )
         self.policy_version = 0
+        r = cfg.rollout
+        self.environment = resolve_environment(r.environment) if r.environment else None
+        self.stop = list(r.stop) + list(getattr(self.environment, "stop", []))
 
     def generate(
-        self, prompt_ids: list[list[int]], n: int, seed: int | None, greedy: bool = False
+        self,
+        prompt_ids: list[list[int]],
+        n: int,
+        seed: int | None,
+        greedy: bool = False,
+        contexts: list[tuple[str, dict]] | None = None,
     ) -> Rollout:
         """n samples per prompt, prompt-major. With a sampling mixture (IPO-MD, Nash-MD) the
         last `m` samples of each prompt come from the policy/reference mixture and the first
-        n - m from the policy; greedy evaluation always uses the policy alone."""
+        n - m from the policy; greedy evaluation always uses the policy alone. With an
+        environment each sample is an episode; `contexts` (each prompt's text and columns)
+        reach the environment's reset."""
         started = time.perf_counter()
         r = self.cfg.rollout
         settings = dict(
@@ -55,6 +67,12 @@ class RolloutWorker(WorkerIdentity):
             top_k=r.top_k,
             ignore_eos=r.ignore_eos and not greedy,  # evaluation answers stop at EOS
         )
+        if self.environment is not None:
+            if contexts is None:
+                raise ValueError("an environment's episodes need the prompts' contexts")
+            return self._episodes(prompt_ids, n, seed, contexts, settings, started)
+        if self.stop:
+            settings["stop"] = self.stop
         m = 0 if greedy or self.mixture is None else min(self.mixture.samples, n)
         from_mixture: list[bool] = []
         if m == 0:
@@ -86,6 +104,57 @@ class RolloutWorker(WorkerIdentity):
             worker=self.name,
             from_mixture=from_mixture,
             seconds=time.perf_counter() - started,
+        )
+
+    def _episodes(
+        self,
+        prompt_ids: list[list[int]],
+        n: int,
+        seed: int | None,
+        contexts: list[tuple[str, dict]],
+        settings: dict,
+        started: float,
+    ) -> Rollout:
+        r = self.cfg.rollout
+        limits = EpisodeLimits(
+            max_turns=r.max_turns,
+            max_new_tokens=settings.pop("max_new_tokens"),
+            max_tokens=r.completion_tokens(),
+            max_observation_tokens=r.max_observation_tokens,
+            timeout_s=r.env_timeout_s,
+            on_error=self.cfg.reward.on_error,
+            turn_rewards=r.turn_rewards,
+        )
+        assert self.environment is not None
+        eps = run_episodes(
+            self.engine,
+            self.tokenizer,
+            self.environment,
+            contexts,
+            prompt_ids,
+            n,
+            seed,
+            limits,
+            stop=self.stop or None,
+            **settings,
+        )
+        out = eps.generation
+        return Rollout(
+            prompt_ids=[p for p in prompt_ids for _ in range(n)],
+            completion_ids=out.completion_ids,
+            sampler_logprobs=out.logprobs,
+            finish_reasons=out.finish_reasons,
+            prompt_index=[i for i in range(len(prompt_ids)) for _ in range(n)],
+            policy_version=self.policy_version,
+            completion_texts=self.tokenizer.batch_decode(
+                out.completion_ids, skip_special_tokens=True
+            ),
+            worker=self.name,
+            seconds=time.perf_counter() - started,
+            policy_masks=eps.policy_masks,
+            env_rewards=eps.rewards,
+            turns=eps.turns,
+            metrics=eps.metrics,
         )
 
     def sleep(self) -> bool:
