@@ -81,6 +81,13 @@ ENV_REWARDS = declare(
     np.float32,
     "an episode's reward from its environment (rlhf.envs); NaN: it ended on a failure",
 )
+TURN_REWARDS = declare(
+    "turn_rewards",
+    "token",
+    np.float32,
+    "rollout.turn_rewards=per_turn: each turn's environment reward on its last token (their "
+    "sum is in env_rewards); PPO and REINFORCE++ place them there instead of the sum at the end",
+)
 REF_LOGPROBS = declare("ref_logprobs", "token", np.float32, "frozen reference's log-probs")
 OLD_LOGPROBS = declare("old_logprobs", "token", np.float32, "learner's log-probs before update")
 VALUES = declare("values", "token", np.float32, "critic's V(state before token t), pre-update")
@@ -478,6 +485,12 @@ def collate_rollouts(rollouts: list[Rollout], pad_id: int, first_unit: int = 0) 
     }
     if any(r.from_mixture for r in rollouts):
         columns["from_mixture"] = np.asarray(mixture, dtype=np.float32)
+    if any(r.token_rewards for r in rollouts):
+        placed = np.zeros((b, t), dtype=np.float32)
+        rewards = [x for r in rollouts for x in (r.token_rewards or [[]] * len(r))]
+        for i, ((start, end), row) in enumerate(zip(spans, rewards, strict=True)):
+            placed[i, start : start + len(row)] = row[: end - start]
+        columns["turn_rewards"] = placed
     if any(r.env_rewards for r in rollouts):
         columns["env_rewards"] = np.asarray(
             [x for r in rollouts for x in r.env_rewards], dtype=np.float32

@@ -302,8 +302,14 @@ class RolloutConfig(Section):
         description="with an environment: the limit for one reset or step; past it the "
         "episode ends with reward.on_error's outcome",
     )
-    turn_rewards: Literal["sum", "last"] = Field(
-        "sum", description="with an environment: an episode's reward from its turns' rewards"
+    turn_rewards: Literal["sum", "last", "discounted", "per_turn"] = Field(
+        "sum",
+        description="with an environment: an episode's reward from its turns' rewards: their "
+        "sum, the last, sum of turn_discount^k r_k, or per_turn (PPO, REINFORCE++: each turn's "
+        "reward on its last token, discounted by their own gamma; other algorithms: the sum)",
+    )
+    turn_discount: float = Field(
+        1.0, gt=0, le=1, description="turn_rewards=discounted: a turn's reward is worth this^k"
     )
 
     def completion_tokens(self) -> int:
@@ -612,6 +618,13 @@ class Config(Section):
             raise ValueError(
                 f"rollout.environment ({env!r}) runs with the algorithms that learn from "
                 f"rewards (grpo, rloo, reinforce_pp, ppo), not {self.algorithm.name}"
+            )
+        if self.rollout.turn_rewards == "per_turn" and getattr(
+            self.algorithm, "whiten_rewards", False
+        ):
+            raise ValueError(
+                "algorithm.whiten_rewards scales whole-sequence rewards: it cannot be used "
+                "with rollout.turn_rewards=per_turn (rewards on each turn's last token)"
             )
 
     # Resolved choices: methods, so the fields keep what the user wrote (config.yaml records

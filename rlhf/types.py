@@ -43,6 +43,9 @@ class Rollout:
     # empty: no environment
     env_rewards: list[float] = field(default_factory=list)
     turns: list[int] = field(default_factory=list)  # per sample, the policy's turns
+    # rollout.turn_rewards "per_turn": per sample and completion token, each turn's reward on
+    # the turn's last token (their sum is in env_rewards); empty: not placed
+    token_rewards: list[list[float]] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)  # the call's (env/* counts)
 
     def __len__(self) -> int:

@@ -11,6 +11,7 @@ from rlhf.algorithms.advantages import (
     gae,
     group_mean_baseline,
     group_normalized_advantages,
+    placed_token_rewards,
     rloo_advantages,
     token_rewards,
     whiten,
@@ -181,3 +182,20 @@ def test_aggregation_weights_by_hand():
     assert not aggregation_weights(mask, np.zeros(3, bool), "token_mean", 4).any()
     with pytest.raises(ValueError, match="allowed"):
         aggregation_weights(mask, valid, "nope", 4)
+
+
+def test_per_turn_rewards_sit_on_each_turns_last_token():
+    # prompt (1 token), turn (2), observation (2), turn (2), padding (1)
+    mask = np.array([[0, 1, 1, 0, 0, 1, 1, 0]], dtype=np.float32)
+    turns = np.array([[0, 0, 0.5, 0, 0, 0, 1.0, 0]], dtype=np.float32)
+    sequence = np.array([0.5 + 1.0 + 2.0])  # the turns' sum and a reward function's 2.0
+    placed = placed_token_rewards({"turn_rewards": turns}, sequence, mask)
+    np.testing.assert_allclose(placed, [[0, 0, 0.5, 0, 0, 0, 3.0, 0]], atol=1e-12)
+    # without the column: the whole sequence reward on the last token, as before
+    np.testing.assert_allclose(
+        placed_token_rewards({}, sequence, mask), [[0, 0, 0, 0, 0, 0, 3.5, 0]], atol=1e-12
+    )
+    # GAE over them (V = 0, gamma 0.5, lam 1): discounted returns over the policy's tokens,
+    # the observation skipped: 3; 1.5 = .5 * 3; 1.25 = .5 + .5 * 1.5; 0.625 = .5 * 1.25
+    adv, _ = gae(placed, np.zeros_like(placed), mask, gamma=0.5, lam=1.0)
+    np.testing.assert_allclose(adv[0], [0, 0.625, 1.25, 0, 0, 1.5, 3.0, 0], atol=1e-6)

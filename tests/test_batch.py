@@ -275,3 +275,34 @@ def test_weighted_units_leave_out_units_with_no_loss_weight_and_keep_partial_one
     assert len(weighted_units(make_batch([0, 0, 1]))) == 3
     batch["loss_weights"] = np.zeros_like(w)
     assert len(weighted_units(batch)) == 6
+
+
+def test_an_episodes_columns_are_collated_where_its_tokens_are():
+    from rlhf.batch import collate_rollouts
+    from rlhf.types import Rollout
+
+    # two episodes of one prompt [5, 6]: turn, observation, turn; the second one shorter
+    rollout = Rollout(
+        prompt_ids=[[5, 6], [5, 6]],
+        completion_ids=[[7, 8, 1, 2, 9], [7, 1, 9]],
+        sampler_logprobs=[[-0.1, -0.2, 0.0, 0.0, -0.3], [-0.4, 0.0, -0.5]],
+        finish_reasons=["stop", "length"],
+        prompt_index=[0, 0],
+        policy_version=3,
+        policy_masks=[[1, 1, 0, 0, 1], [1, 0, 1]],
+        env_rewards=[1.5, float("nan")],
+        turns=[2, 2],
+        token_rewards=[[0, 0.5, 0, 0, 1.0], [0, 0, 0]],
+    )
+    batch = collate_rollouts([rollout], pad_id=0)
+    np.testing.assert_array_equal(
+        batch["completion_mask"], [[0, 0, 1, 1, 0, 0, 1], [0, 0, 1, 0, 1, 0, 0]]
+    )
+    np.testing.assert_array_equal(
+        batch["turn_rewards"], [[0, 0, 0, 0.5, 0, 0, 1.0], [0, 0, 0, 0, 0, 0, 0]]
+    )
+    np.testing.assert_allclose(
+        batch["sampler_logprobs"][0], [0, 0, -0.1, -0.2, 0, 0, -0.3], rtol=0, atol=1e-7
+    )
+    assert batch["env_rewards"][0] == 1.5 and np.isnan(batch["env_rewards"][1])
+    np.testing.assert_array_equal(batch["attention_mask"].sum(axis=1), [7, 5])

@@ -196,6 +196,17 @@ def test_limits_end_episodes_and_are_counted(setup):
 
     last = EpisodeLimits(**{**LIMITS.__dict__, "turn_rewards": "last"})
     assert _run(setup, Endless, last)[1].rewards == [0.5] * 6
+    discounted = EpisodeLimits(**{**LIMITS.__dict__, "turn_rewards": "discounted"})
+    discounted = EpisodeLimits(**{**discounted.__dict__, "turn_discount": 0.5})
+    assert _run(setup, Endless, discounted)[1].rewards == [0.5 * (2 - 0.5**4)] * 6
+    per_turn = EpisodeLimits(**{**LIMITS.__dict__, "turn_rewards": "per_turn"})
+    placed = _run(setup, Endless, per_turn)[1]
+    assert placed.rewards == [2.5] * 6  # the sum, for the algorithms without placement
+    for mask, rewards in zip(placed.policy_masks, placed.token_rewards, strict=True):
+        # 0.5 on the last token of each policy turn: where the mask falls to 0, and the end
+        ends = [j for j in range(len(mask)) if mask[j] and (j + 1 == len(mask) or not mask[j + 1])]
+        assert [j for j, r in enumerate(rewards) if r] == ends and len(ends) == 5
+        assert all(rewards[j] == 0.5 for j in ends)
 
     # A token budget of 20 after the prompt: 6-token turns and 4-token observations
     tight = EpisodeLimits(**{**LIMITS.__dict__, "max_tokens": 20})

@@ -96,6 +96,23 @@ def token_rewards(
     return out
 
 
+def placed_token_rewards(
+    batch,
+    sequence_rewards: np.ndarray,
+    mask: np.ndarray,
+    kl: np.ndarray | None = None,
+    kl_coef: float = 0.0,
+) -> np.ndarray:
+    """`token_rewards`, except that an episode's per-turn rewards (the `turn_rewards` column,
+    rollout.turn_rewards=per_turn) sit on each turn's last token instead of in the sum on the
+    last one: what the rest of the sequence reward (reward functions) adds stays at the end."""
+    if "turn_rewards" not in batch:
+        return token_rewards(sequence_rewards, mask, kl, kl_coef)
+    turns = batch["turn_rewards"].astype(np.float64) * mask
+    rest = np.asarray(sequence_rewards, dtype=np.float64) - turns.sum(axis=1)
+    return token_rewards(rest, mask, kl, kl_coef) + turns
+
+
 def gae(
     rewards: np.ndarray, values: np.ndarray, mask: np.ndarray, gamma: float, lam: float
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from rlhf.algorithms.advantages import explained_variance, gae, token_rewards, whiten
+from rlhf.algorithms.advantages import explained_variance, gae, placed_token_rewards, whiten
 from rlhf.algorithms.base import ForwardOutput, Tensors
 from rlhf.algorithms.kl import kl_estimate, sequence_kl
 from rlhf.algorithms.kl_control import KLController
@@ -101,7 +101,7 @@ class PPO(PolicyGradient):
             metrics["kl"] = token_mean(kl, batch["completion_mask"], valid)
             metrics["kl/sequence"] = float(kl.sum(axis=1)[valid].mean()) if valid.any() else 0.0
         coef_in_reward = self.kl.value if (kl is not None and cfg.kl_in_reward) else 0.0
-        per_token = token_rewards(rewards, mask, kl, coef_in_reward)
+        per_token = placed_token_rewards(batch, rewards, mask, kl, coef_in_reward)
         values = batch["values"] * mask
         advantages, returns = gae(per_token, values, mask, cfg.gamma, cfg.lam)
         metrics["critic/explained_variance"] = explained_variance(values, returns, mask)

@@ -17,7 +17,7 @@ from pydantic import Field
 from rlhf.algorithms.advantages import (
     discounted_returns,
     group_mean_baseline,
-    token_rewards,
+    placed_token_rewards,
     whiten,
 )
 from rlhf.algorithms.kl import sequence_kl
@@ -67,7 +67,7 @@ class ReinforcePP(PolicyGradient):
         if self.cfg.beta > 0:
             kl = sequence_kl(batch, self.cfg.kl_estimator)
             metrics["kl"] = token_mean(kl, batch["completion_mask"], valid)
-        per_token = token_rewards(rewards, mask, kl, self.cfg.beta)
+        per_token = placed_token_rewards(batch, rewards, mask, kl, self.cfg.beta)
         returns = discounted_returns(per_token, mask, self.cfg.gamma)
         batch["advantages"] = whiten(returns, mask)
         set_loss_weights(batch, self.cfg, self.max_new_tokens, valid)

@@ -42,7 +42,10 @@ class EpisodeLimits:
     max_observation_tokens: int  # one observation; longer ones are cut (counted)
     timeout_s: float  # one reset or step
     on_error: str = "drop"  # "drop" | "zero" | "raise"
-    turn_rewards: str = "sum"  # "sum" | "last": the episode's reward from its turns'
+    # the episode's reward from its turns': "sum", "last", "discounted" (sum of
+    # turn_discount^k r_k), "per_turn" (the sum, and each turn's reward on its last token)
+    turn_rewards: str = "sum"
+    turn_discount: float = 1.0
 
 
 @dataclass
@@ -53,6 +56,7 @@ class Episode:
     policy: list[int] = field(default_factory=list)  # 1: the policy's token, 0: observation
     logprobs: list[float] = field(default_factory=list)
     rewards: list[float] = field(default_factory=list)  # one per policy turn
+    turn_ends: list[int] = field(default_factory=list)  # each turn's last token, in `tokens`
     turns: int = 0
     finish: str | None = None  # set when the episode is over
     failed: str | None = None  # why the environment failed
@@ -70,6 +74,8 @@ class Episodes:
     rewards: list[float]  # the environment's reward per episode (NaN: dropped on an error)
     turns: list[int]
     metrics: dict[str, float]
+    # turn_rewards "per_turn": per completion token, each turn's reward on its last token
+    token_rewards: list[list[float]] = field(default_factory=list)
 
 
 def call_all(calls: list[Callable[[], Any]], timeout_s: float) -> list[tuple[str, Any]]:
@@ -146,6 +152,7 @@ def run_episodes(
             e.policy += [1] * len(toks)
             e.logprobs += lps
             e.turns += 1
+            e.turn_ends.append(len(e.tokens) - 1)
         decoded = tokenizer.batch_decode(out.completion_ids, skip_special_tokens=True)
         steps = call_all(
             [lambda e=e, t=t: e.env.step(t) for e, t in zip(running, decoded, strict=True)],
@@ -184,6 +191,9 @@ def run_episodes(
         rewards=[_episode_reward(e, limits) for e in episodes],
         turns=[e.turns for e in episodes],
         metrics=counts,
+        token_rewards=[_token_rewards(e) for e in episodes]
+        if limits.turn_rewards == "per_turn"
+        else [],
     )
 
 
@@ -229,4 +239,18 @@ def _episode_reward(e: Episode, limits: EpisodeLimits) -> float:
         return math.nan if limits.on_error == "drop" else 0.0
     if not e.rewards:
         return 0.0
-    return float(np.sum(e.rewards)) if limits.turn_rewards == "sum" else e.rewards[-1]
+    if limits.turn_rewards == "last":
+        return e.rewards[-1]
+    if limits.turn_rewards == "discounted":
+        return float(sum(limits.turn_discount**k * r for k, r in enumerate(e.rewards)))
+    return float(np.sum(e.rewards))
+
+
+def _token_rewards(e: Episode) -> list[float]:
+    """Each turn's reward on the turn's last token (zeros for a failed episode: its sequence
+    reward says what it gets)."""
+    out = [0.0] * len(e.tokens)
+    if not e.failed:
+        for end, r in zip(e.turn_ends, e.rewards, strict=False):
+            out[end] += r
+    return out

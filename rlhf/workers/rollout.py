@@ -124,6 +124,7 @@ class RolloutWorker(WorkerIdentity):
             timeout_s=r.env_timeout_s,
             on_error=self.cfg.reward.on_error,
             turn_rewards=r.turn_rewards,
+            turn_discount=r.turn_discount,
         )
         assert self.environment is not None
         eps = run_episodes(
@@ -155,6 +156,7 @@ class RolloutWorker(WorkerIdentity):
             env_rewards=eps.rewards,
             turns=eps.turns,
             metrics=eps.metrics,
+            token_rewards=eps.token_rewards,
         )
 
     def sleep(self) -> bool:
