@@ -286,6 +286,13 @@ class RolloutConfig(Section):
         "with reset(prompt, **columns) and step(text) -> rlhf.envs.Step, one instance per "
         "episode; None: one completion per sample",
     )
+    tools: list[str] = Field(
+        [],
+        description="tools as plain Python functions ('package.module:function', with type "
+        "hints and a docstring): episodes in the built-in tool environment, calls in the "
+        "<tool_call> tag protocol (docs/environments.md); the reward functions score the "
+        "final answer",
+    )
     max_turns: int = Field(4, gt=0, description="with an environment: policy turns per episode")
     max_episode_tokens: int | None = Field(
         None,
@@ -312,10 +319,14 @@ class RolloutConfig(Section):
         1.0, gt=0, le=1, description="turn_rewards=discounted: a turn's reward is worth this^k"
     )
 
+    def runs_episodes(self) -> bool:
+        """Whether samples are multi-turn episodes: an environment, or tools."""
+        return self.environment is not None or bool(self.tools)
+
     def completion_tokens(self) -> int:
         """The most tokens a sample holds after its prompt: one completion, or a whole
         episode (policy and observation tokens) with an environment."""
-        if self.environment is None:
+        if not self.runs_episodes():
             return self.max_new_tokens
         return self.max_episode_tokens or self.max_new_tokens * self.max_turns
 
@@ -608,15 +619,21 @@ class Config(Section):
     def _check_scoring(self) -> None:
         """Something scores the samples; an environment's episodes go to the algorithms
         that learn from rewards."""
-        env = self.rollout.environment
-        if not self.reward_functions() and not self.reward.models and env is None:
+        r = self.rollout
+        if not self.reward_functions() and not self.reward.models and r.environment is None:
             raise ValueError("reward.functions and reward.models are both empty: give at least one")
-        if env is None:
+        if not r.runs_episodes():
             return
+        if r.environment is not None and r.tools:
+            raise ValueError(
+                "rollout.tools run in the built-in tool environment: with rollout.environment "
+                f"({r.environment!r}) set, call the tools from its step() instead"
+            )
         algorithm = self.make_algorithm()
         if "preferences" in algorithm.needs or algorithm.sampling_mixture is not None:
+            field = "rollout.environment" if r.environment is not None else "rollout.tools"
             raise ValueError(
-                f"rollout.environment ({env!r}) runs with the algorithms that learn from "
+                f"{field} (multi-turn episodes) runs with the algorithms that learn from "
                 f"rewards (grpo, rloo, reinforce_pp, ppo), not {self.algorithm.name}"
             )
         if self.rollout.turn_rewards == "per_turn" and getattr(

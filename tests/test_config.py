@@ -218,8 +218,22 @@ def test_an_environment_changes_what_scores_and_how_long_a_sample_is(tmp_path):
     assert again.reward.functions is None and again.reward_functions() == []
     with pytest.raises(ConfigError, match="both empty"):
         load_config(None, ["reward.functions=[]"])
-    with pytest.raises(ConfigError, match="rollout.environment.*not online_dpo"):
+    with pytest.raises(
+        ConfigError, match="rollout.environment .multi-turn episodes. runs with.*not online_dpo"
+    ):
         load_config(None, [*ENV, "algorithm.name=online_dpo"])
 
 
 ENV = ["rollout.environment=calculator"]
+
+
+def test_tools_make_episodes_scored_by_the_reward_functions():
+    cfg = load_config(None, ["rollout.tools=[tests.test_episodes:multiply]"])
+    assert cfg.rollout.runs_episodes() and cfg.rollout.completion_tokens() == 4 * 4
+    assert [f.name for f in cfg.reward_functions()] == ["addition_exact"]  # they score the answer
+    with pytest.raises(ConfigError, match="rollout.tools run in the built-in tool environment"):
+        load_config(None, [*ENV, "rollout.tools=[tests.test_episodes:multiply]"])
+    with pytest.raises(ConfigError, match="rollout.tools .*not nash_md"):
+        load_config(
+            None, ["rollout.tools=[tests.test_episodes:multiply]", "algorithm.name=nash_md"]
+        )

@@ -13,6 +13,13 @@ from rlhf.configbase import ConfigError
 from rlhf.envs.base import EpisodeError, Step, checked_step, resolve_environment
 from rlhf.envs.builtin import Calculator, evaluate_arithmetic
 from rlhf.envs.episodes import EpisodeLimits, call_all, run_episodes
+from rlhf.envs.tools import (
+    MAX_RESULT_CHARS,
+    ToolEnvironment,
+    parse_call,
+    resolve_tools,
+    tool_schemas,
+)
 from tests.engine_checks import corpus
 
 # ---------------------------------------------------------------- the protocol (no engine)
@@ -76,6 +83,87 @@ def test_calls_that_never_return_are_reported_as_timeouts():
     assert out[1][0] == "error" and str(out[1][1]) == "boom"
     assert out[2] == ("timeout", None)
     never.set()
+
+
+def multiply(a: int, b: int) -> int:
+    """Multiply two whole numbers.
+
+    Args:
+        a: the first factor
+        b: the second factor
+    """
+    return a * b
+
+
+def shout(text: str) -> str:
+    """Upper-case a text.
+
+    Args:
+        text: what to upper-case
+    """
+    return text.upper() * 5000  # longer than a tool's answer may be
+
+
+def undocumented(a: int) -> int:
+    return a
+
+
+def test_the_tool_environment_runs_calls_and_answers_errors_as_responses():
+    tools = resolve_tools(["tests.test_episodes:multiply", "tests.test_episodes:shout"])
+    env = ToolEnvironment(tools)
+    env.reset("What is 12 times 34?", answer="408")
+    call = '<tool_call>{"name": "multiply", "arguments": {"a": 12, "b": 34}}</tool_call>'
+    step = env.step("Let me compute. " + call)
+    assert step == Step("<tool_response>408</tool_response>", 0.0, False, TOOL_OK)
+    for text, words in [
+        ('<tool_call>{"name": "divide", "arguments": {}}</tool_call>', "no tool 'divide'"),
+        ('<tool_call>{"name": "multiply", "arguments": {"a": 1}}</tool_call>', "TypeError"),
+        ("<tool_call>multiply(1, 2)</tool_call>", "malformed: not JSON"),
+        ('<tool_call>{"name": "multiply", "arguments": [1, 2]}</tool_call>', "malformed"),
+    ]:
+        answer = env.step(text)
+        assert not answer.done and answer.info["tool_errors"] == 1.0, text
+        assert (
+            answer.observation.startswith("<tool_response>error: ") and words in answer.observation
+        )
+    long = env.step('<tool_call>{"name": "shout", "arguments": {"text": "hi"}}</tool_call>')
+    assert long.info["tool_results_cut"] == 1.0
+    assert len(long.observation) == len("<tool_response></tool_response>") + MAX_RESULT_CHARS
+    assert env.step("The answer is 408.") == Step("", 0.0, True)  # no call: the final answer
+    assert parse_call("I would call <tool_call>{...} later") is None  # not at the end
+
+
+def test_tool_schemas_come_from_type_hints_and_docstrings():
+    schemas = tool_schemas(resolve_tools(["tests.test_episodes:multiply"]))
+    assert schemas[0]["function"]["name"] == "multiply"
+    assert schemas[0]["function"]["parameters"]["required"] == ["a", "b"]
+    with pytest.raises(ConfigError, match="rollout.tools: undocumented"):
+        tool_schemas(resolve_tools(["tests.test_episodes:undocumented"]))
+    with pytest.raises(ConfigError, match=r"rollout.tools\[0\]: 'multiply' is not of the form"):
+        resolve_tools(["multiply"])
+
+
+def test_a_chat_prompt_lists_the_tools_only_where_its_template_takes_them(tmp_path):
+    from transformers import AutoTokenizer
+
+    from rlhf.data.chat import prompt_ids
+    from rlhf.models.tiny import build_tiny_model
+    from rlhf.types import Prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(build_tiny_model(tmp_path / "m", corpus()[:50]))
+    schemas = tool_schemas(resolve_tools(["tests.test_episodes:multiply"]))
+    prompt = Prompt("12*34=", messages=[{"role": "user", "content": "12*34="}])
+    plain = tokenizer.decode(prompt_ids(tokenizer, prompt, schemas))
+    assert "multiply" not in plain  # the tiny template has no tools
+    tokenizer.chat_template = (
+        "{% if tools %}tools: {% for t in tools %}{{ t['function']['name'] }} {% endfor %}\n"
+        "{% endif %}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    )
+    assert tokenizer.decode(prompt_ids(tokenizer, prompt, schemas)).startswith("tools: multiply")
+    assert "multiply" not in tokenizer.decode(prompt_ids(tokenizer, prompt))
+
+
+TOOL_OK = {"tool_calls": 1.0, "tool_errors": 0.0}
 
 
 # ---------------------------------------------------------------- the runner on vLLM

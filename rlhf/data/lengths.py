@@ -120,7 +120,7 @@ def fit_prompts(
 def _budget_field(cfg: Config) -> str:
     """The setting that sizes a sample after its prompt, as an error names it."""
     r = cfg.rollout
-    if r.environment is None:
+    if not r.runs_episodes():
         return "rollout.max_new_tokens"
     if r.max_episode_tokens is not None:
         return "rollout.max_episode_tokens"

@@ -86,6 +86,7 @@ class Trainer:
         `rlhf train` runs before it makes the run folder); None: decided here."""
         from transformers import AutoTokenizer
 
+        from rlhf.envs.tools import schemas_of
         from rlhf.runtime.learner_ranks import resolve_learner_ranks
 
         written = dump_config(cfg)  # config.yaml keeps what was asked; resolved values aside
@@ -100,6 +101,7 @@ class Trainer:
         self.model_path = model_path
         self.task = task
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.tool_schemas = schemas_of(cfg.rollout.tools)  # listed in chat prompts
         self.fit = fit or fit_prompts(cfg, task, model_path, self.prompt_length)
         self.eval_skipped = evaluation_skipped(cfg, task)
         self.algorithm = cfg.make_algorithm()
@@ -307,15 +309,15 @@ class Trainer:
 
     def prompt_length(self, prompt: Prompt) -> int:
         """Tokens of a prompt as the engines get it."""
-        return len(prompt_ids(self.tokenizer, prompt))
+        return len(prompt_ids(self.tokenizer, prompt, self.tool_schemas))
 
     def _submit(self, prompts: list[Prompt], seed: int, greedy: bool = False) -> int:
         assert self.scheduler is not None
         n = 1 if greedy else self.cfg.samples_per_prompt()
-        ids = [prompt_ids(self.tokenizer, p) for p in prompts]
+        ids = [prompt_ids(self.tokenizer, p, self.tool_schemas) for p in prompts]
         what = "evaluate" if greedy else "generate"
         contexts = None
-        if self.cfg.rollout.environment is not None:  # episodes: reset gets these
+        if self.cfg.rollout.runs_episodes():  # episodes: reset gets these
             contexts = [(p.text, p.columns) for p in prompts]
         return self.scheduler.submit(ids, n, seed, greedy, what, contexts)
 

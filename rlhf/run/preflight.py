@@ -50,6 +50,10 @@ def check_before_start(cfg: Config) -> Task:
                     f"{', '.join(columns) or 'none'}): add them to the prompt file, or name "
                     "reward functions that fit the data"
                 )
+        if cfg.rollout.tools:  # each importable, with the hints and docstring a schema needs
+            from rlhf.envs.tools import schemas_of
+
+            schemas_of(cfg.rollout.tools)
         if cfg.rollout.environment is not None:
             from rlhf.envs.base import resolve_environment
 
@@ -97,9 +101,11 @@ def fit_to_model(cfg: Config, task: Task, model_path: str) -> PromptFit:
 
     from rlhf.data.chat import prompt_ids
     from rlhf.data.lengths import fit_prompts
+    from rlhf.envs.tools import schemas_of
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    return fit_prompts(cfg, task, model_path, lambda p: len(prompt_ids(tokenizer, p)))
+    tools = schemas_of(cfg.rollout.tools)
+    return fit_prompts(cfg, task, model_path, lambda p: len(prompt_ids(tokenizer, p, tools)))
 
 
 def training_scores_rewards(cfg: Config) -> bool:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
+from typing import Any
 
 from rlhf.config import Config
 from rlhf.engines.base import Generation
 from rlhf.envs.base import resolve_environment
 from rlhf.envs.episodes import EpisodeLimits, run_episodes
+from rlhf.envs.tools import ToolEnvironment, resolve_tools
 from rlhf.sync.buckets import ParamSpec
 from rlhf.sync.group import SyncEndpoint
 from rlhf.types import Rollout
@@ -42,8 +46,15 @@ class RolloutWorker(WorkerIdentity):
         )
         self.policy_version = 0
         r = cfg.rollout
-        self.environment = resolve_environment(r.environment) if r.environment else None
-        self.stop = list(r.stop) + list(getattr(self.environment, "stop", []))
+        self.environment: Callable[[], Any] | None = None
+        env_stop: list[str] = []
+        if r.environment:
+            self.environment = resolve_environment(r.environment)
+            env_stop = list(getattr(self.environment, "stop", []))
+        elif r.tools:
+            self.environment = functools.partial(ToolEnvironment, resolve_tools(r.tools))
+            env_stop = ToolEnvironment.stop
+        self.stop = list(r.stop) + env_stop
 
     def generate(
         self,
