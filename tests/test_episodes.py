@@ -432,3 +432,67 @@ def test_grpo_trains_on_two_turn_episodes_on_vllm(tmp_path):
         assert r["sync/logprob_abs_diff"] < 1e-5  # over the policy's tokens only
     summary = strict_json(run / "summary.json")
     assert summary["eval/greedy_reward_before"] is not None
+
+
+# ---------------------------------------------------------------- masking in the learner's loss
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "ppo", "reinforce_pp"])
+def test_no_gradient_reaches_an_episodes_observation_tokens(tmp_path, algorithm):
+    """The learner's own forward and loss (rlhf.workers.learner) on episodes: the loss's
+    gradient with respect to the log-prob and entropy of every observation token is exactly
+    zero (weights 0), and not zero on the policy's tokens. KL and entropy terms included."""
+    import numpy as np
+    from transformers import AutoModelForCausalLM
+
+    from rlhf.batch import collate_rollouts
+    from rlhf.config import load_config
+    from rlhf.models.logprobs import model_token_logprobs, pad_rows
+    from rlhf.training.train_step import to_tensors
+    from rlhf.types import Rollout
+    from rlhf.workers.learner import LearnerWorker
+    from tests.rows import tiny_model
+
+    path = tiny_model(tmp_path, hidden=32, heads=2, kv_heads=2, inter=64)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    rng = np.random.default_rng(0)
+    prompts = [[5, 6, 7], [8, 9]]
+    # per sample: turn, observation, turn (, observation, turn), of random tokens
+    masks = [[1, 1, 0, 0, 0, 1], [1, 0, 0, 1, 1], [1, 1, 1, 0, 0, 1, 0, 1], [1, 0, 1]]
+    completions = [rng.integers(3, 60, size=len(m)).tolist() for m in masks]
+    prompt_ids = [prompts[0], prompts[0], prompts[1], prompts[1]]
+    ids, attention = pad_rows([p + c for p, c in zip(prompt_ids, completions, strict=True)], pad=0)
+    with torch.no_grad():
+        own = model_token_logprobs(model, ids, attention, 1.0)
+    sampler = [
+        [own[i, len(p) + j].item() * m for j, m in enumerate(mask)]
+        for i, (p, mask) in enumerate(zip(prompt_ids, masks, strict=True))
+    ]
+    rollout = Rollout(prompt_ids, completions, sampler, ["stop"] * 4, [0, 0, 1, 1], 0,
+                      policy_masks=masks, env_rewards=[1.0, 0.0, 0.5, 0.0],
+                      token_rewards=[[0.5 * x for x in m] for m in masks])  # fmt: skip
+    batch = collate_rollouts([rollout], pad_id=0)
+    batch["rewards"] = batch["env_rewards"]
+    batch["ref_logprobs"] = batch["sampler_logprobs"] - 0.1 * batch["completion_mask"]
+    batch["values"] = rng.normal(size=batch["input_ids"].shape) * batch["completion_mask"]
+    cfg = load_config(None, [f"algorithm.name={algorithm}", "algorithm.beta=0.05",
+                             "algorithm.entropy_coef=0.01", "rollout.environment=calculator",
+                             "rollout.turn_rewards=per_turn"])  # fmt: skip
+    learner = LearnerWorker.__new__(LearnerWorker)
+    learner.cfg, learner.algorithm = cfg, cfg.make_algorithm()
+    learner.algorithm.prepare(batch)
+    mb = to_tensors(batch, "cpu")
+    out = learner.forward(model, mb)
+    out.logprobs.retain_grad()
+    out.entropy.retain_grad()
+    loss, _ = learner.loss(out, mb)
+    loss.backward()
+    policy = mb["completion_mask"] > 0
+    episode = torch.zeros_like(policy)
+    for i, (p, c) in enumerate(zip(prompt_ids, completions, strict=True)):
+        episode[i, len(p) : len(p) + len(c)] = True
+    observation = episode & ~policy
+    assert observation.sum() == 9  # the test has observation tokens to check
+    for grad in (out.logprobs.grad, out.entropy.grad):
+        assert (grad[observation] == 0).all()
+        assert (grad[policy] != 0).float().mean() > 0.5  # the policy's tokens are trained
