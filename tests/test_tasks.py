@@ -128,3 +128,28 @@ def test_builtin_registry_and_lengths():
         assert len(fn(["1+2="] * 3, ["3", "x", ""], answer=["3"] * 3)) == 3
         with pytest.raises(ValueError):  # misaligned columns are an error, not a silent cut
             fn(["1+2="] * 2, ["3", "3"], answer=["3"])
+
+
+def test_multiplication_prompts_and_the_calculator_episode_they_teach():
+    from rlhf.data.tasks import MultiplicationTask
+    from rlhf.envs.base import Step
+    from rlhf.envs.builtin import Calculator
+
+    task = MultiplicationTask(TaskConfig(name="multiplication", num_prompts=3000))
+    assert len(task.eval_prompts) == 512 and len(task.train_prompts) == 3000
+    held = {p.text for p in task.eval_prompts}
+    assert not held & {p.text for p in task.train_prompts}
+    p = task.train_prompts[0]
+    a, b = (int(x) for x in p.text[:-1].split("*"))
+    assert 100 <= a <= 999 and 10 <= b <= 99 and p.columns["answer"] == str(a * b)
+    call, result, answer = task.episode(p)
+    env = Calculator()
+    env.reset(p.text, **p.columns)
+    step = env.step(call)  # the calculator answers the call as the warm start shows it
+    assert step.observation == result and not step.done
+    assert env.step(answer) == Step("", 1.0, True)
+    examples = task.supervised_examples()
+    episodes = sum(isinstance(c, list) for _, c in examples)
+    assert 0.02 * 3000 < episodes < 0.1 * 3000  # a few whole episodes, direct answers otherwise
+    corpus = "".join(task.corpus())
+    assert "<calc>" in corpus and "<result>" in corpus  # the tokenizer sees the tags

@@ -36,9 +36,11 @@ class Task(ABC):
     def target(self, prompt: Prompt) -> str:
         """The reference completion (without EOS), for the supervised warm start."""
 
-    def supervised_examples(self) -> list[tuple[Prompt, str]]:
+    def supervised_examples(self) -> list[tuple[Prompt, str | list[str]]]:
         """(prompt, completion) pairs on the training prompts; the trainer tokenizes the
-        prompt as a run does (`rlhf.data.chat.prompt_ids`) and appends EOS."""
+        prompt as a run does (`rlhf.data.chat.prompt_ids`) and appends EOS. A completion given
+        as pieces (an episode's turns and observations) is tokenized piece by piece, as the
+        episode runner builds it."""
         return [(p, self.target(p)) for p in self.train_prompts]
 
     def corpus(self) -> list[str]:
@@ -182,9 +184,70 @@ class WordProblemsTask(Task):
         return out
 
 
+class MultiplicationTask(Task):
+    """'a*b=' for a of 3 digits and b of 2: a product a tiny model cannot compute in its head,
+    for the built-in calculator (`rollout.environment: calculator`, launch/configs/calculator.yaml).
+    The `answer` column is the product; the calculator scores the episode's final number.
+
+    The warm start teaches the call format on a few examples and answers in one go on the rest:
+    `warm_start_tool_fraction` of the examples are whole episodes, the call, the calculator's
+    answer and the final answer (`<calc>a*b</calc>`, `<result>p</result>`, `p`); the others are
+    the product written directly, which the model cannot learn. So before RL the policy rarely
+    calls the tool and its exact match is near 0; what RL has to find is when to call it.
+    Held out: the first `max_eval` pairs of the seed's shuffle; training: the next `num_prompts`.
+    """
+
+    name = "multiplication"
+    default_reward = "final_number"
+    max_eval = 512
+    warm_start_tool_fraction = 0.05
+
+    def __init__(self, cfg: TaskConfig) -> None:
+        self.seed = cfg.seed
+        a, b = np.divmod(np.arange(900 * 90), 90)
+        order = np.random.default_rng(cfg.seed).permutation(a.size)
+        pairs = [(int(a[i]) + 100, int(b[i]) + 10) for i in order]
+        self.eval_prompts = [self._prompt(x, y) for x, y in pairs[: self.max_eval]]
+        self.train_prompts = [
+            self._prompt(x, y) for x, y in pairs[self.max_eval : self.max_eval + cfg.num_prompts]
+        ]
+
+    @staticmethod
+    def _prompt(a: int, b: int) -> Prompt:
+        return Prompt(text=f"{a}*{b}=", columns={"answer": str(a * b)})
+
+    @property
+    def max_new_tokens(self) -> int:
+        return 24  # one turn: '<calc>' + 6 characters + '</calc>' at most, or 5 digits + EOS
+
+    def target(self, prompt: Prompt) -> str:
+        return str(prompt.columns["answer"])
+
+    @staticmethod
+    def episode(prompt: Prompt) -> list[str]:
+        """A whole calculator episode's pieces: the policy's call, the calculator's answer,
+        the policy's final answer (each tokenized on its own, as a run does)."""
+        product = str(prompt.columns["answer"])
+        return [f"<calc>{prompt.text[:-1]}</calc>", f"<result>{product}</result>", product]
+
+    def supervised_examples(self) -> list[tuple[Prompt, str | list[str]]]:
+        rng = np.random.default_rng([self.seed, 2])
+        return [
+            (p, self.episode(p) if rng.random() < self.warm_start_tool_fraction else self.target(p))
+            for p in self.train_prompts
+        ]
+
+    def corpus(self) -> list[str]:
+        prompts = self.train_prompts + self.eval_prompts
+        return [p.text + self.target(p) for p in prompts] + [
+            "".join(self.episode(p)) for p in prompts[:2000]
+        ]
+
+
 TASKS: dict[str, type[Task]] = {
     AdditionTask.name: AdditionTask,
     WordProblemsTask.name: WordProblemsTask,
+    MultiplicationTask.name: MultiplicationTask,
 }
 
 

@@ -34,7 +34,8 @@ def _encode(task: Task, tokenizer) -> list[tuple[list[int], int]]:
     out = []
     for prompt, completion in task.supervised_examples():
         p = prompt_ids(tokenizer, prompt)  # as a run tokenizes it: chat template and all
-        c = tokenizer(completion).input_ids + [tokenizer.eos_token_id]
+        pieces = [completion] if isinstance(completion, str) else completion
+        c = [t for piece in pieces for t in tokenizer(piece).input_ids] + [tokenizer.eos_token_id]
         out.append((p + c, len(p)))
     return out
 
