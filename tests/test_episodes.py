@@ -166,6 +166,16 @@ def test_a_chat_prompt_lists_the_tools_only_where_its_template_takes_them(tmp_pa
 TOOL_OK = {"tool_calls": 1.0, "tool_errors": 0.0}
 
 
+def test_an_environment_that_cannot_be_made_fails_its_episodes_only():
+    def broken():
+        raise RuntimeError("no licence for the simulator")
+
+    # every episode fails before its first turn, so the engine is never called
+    eps = run_episodes(None, None, broken, [("1+2=", {})], [[1, 2]], 3, 0, LIMITS)
+    assert all(math.isnan(r) for r in eps.rewards) and eps.turns == [0, 0, 0]
+    assert eps.metrics["env/errors"] == 3 and eps.generation.completion_ids == [[], [], []]
+
+
 # ---------------------------------------------------------------- the runner on vLLM
 
 OBSERVATION = "+11="  # the tiny model's tokenizer knows these characters

@@ -34,6 +34,17 @@ from rlhf.envs.base import EpisodeError, Step, checked_step
 log = logging.getLogger(__name__)
 
 
+# What every call reports (summed over calls and workers), beside the environments' own info.
+COUNTS = (
+    "env/episodes",
+    "env/errors",  # reset or step raised, or returned something that is not a Step
+    "env/timeouts",  # reset or step did not answer within timeout_s
+    "env/observations_cut",  # longer than max_observation_tokens
+    "env/max_turns_reached",
+    "env/out_of_tokens",  # the episode's token budget ran out
+)
+
+
 @dataclass(frozen=True)
 class EpisodeLimits:
     max_turns: int  # policy turns
@@ -51,7 +62,7 @@ class EpisodeLimits:
 @dataclass
 class Episode:
     prompt_ids: list[int]
-    env: Any
+    env: Any  # made (and reset) in a thread of its own: None until then
     tokens: list[int] = field(default_factory=list)
     policy: list[int] = field(default_factory=list)  # 1: the policy's token, 0: observation
     logprobs: list[float] = field(default_factory=list)
@@ -113,20 +124,22 @@ def run_episodes(
 ) -> Episodes:
     """n episodes per prompt. `prompts`: each prompt's text and dataset columns (what `reset`
     gets); `sampling`: the engine's sampling settings (temperature, top_p, ...)."""
-    counts = {"env/episodes": 0.0, "env/errors": 0.0, "env/timeouts": 0.0}
-    counts.update({"env/observations_cut": 0.0, "env/max_turns_reached": 0.0})
-    counts.update({"env/out_of_tokens": 0.0})
-    info_sums: dict[str, float] = {}
-    episodes = [Episode(list(ids), make_env()) for ids in prompt_ids for _ in range(n)]
+    episodes = [Episode(list(ids), None) for ids in prompt_ids for _ in range(n)]
     texts = [prompts[i] for i in range(len(prompt_ids)) for _ in range(n)]
+    counts = dict.fromkeys(COUNTS, 0.0)
     counts["env/episodes"] = float(len(episodes))
+    info_sums: dict[str, float] = {}
 
     def fail(ep: Episode, kind: str, err: object) -> None:
         ep.failed, ep.finish = f"{kind}: {err}", "stop"
         counts["env/timeouts" if kind == "timeout" else "env/errors"] += 1
 
+    def start(e: Episode, text: str, columns: dict[str, Any]) -> None:
+        e.env = make_env()  # a constructor that raises fails its episode, as reset would
+        e.env.reset(text, **columns)
+
     resets = call_all(
-        [lambda e=e, t=t: e.env.reset(t[0], **t[1]) for e, t in zip(episodes, texts, strict=True)],
+        [lambda e=e, t=t: start(e, *t) for e, t in zip(episodes, texts, strict=True)],
         limits.timeout_s,
     )
     for ep, (status, value) in zip(episodes, resets, strict=True):
@@ -144,6 +157,7 @@ def run_episodes(
             stop=stop,
             **sampling,
         )
+        turns = []
         for e, budget, toks, lps in zip(
             running, budgets, out.completion_ids, out.logprobs, strict=True
         ):
@@ -153,7 +167,8 @@ def run_episodes(
             e.logprobs += lps
             e.turns += 1
             e.turn_ends.append(len(e.tokens) - 1)
-        decoded = tokenizer.batch_decode(out.completion_ids, skip_special_tokens=True)
+            turns.append(toks)
+        decoded = tokenizer.batch_decode(turns, skip_special_tokens=True)
         steps = call_all(
             [lambda e=e, t=t: e.env.step(t) for e, t in zip(running, decoded, strict=True)],
             limits.timeout_s,
