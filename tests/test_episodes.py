@@ -11,7 +11,7 @@ import torch
 
 from rlhf.configbase import ConfigError
 from rlhf.envs.base import EpisodeError, Step, checked_step, resolve_environment
-from rlhf.envs.builtin import Calculator, evaluate_arithmetic
+from rlhf.envs.builtin import Calculator, GuessNumber, evaluate_arithmetic
 from rlhf.envs.episodes import EpisodeLimits, call_all, run_episodes
 from rlhf.envs.tools import (
     MAX_RESULT_CHARS,
@@ -46,6 +46,15 @@ def test_calculator_answers_calls_and_scores_the_final_answer():
     assert env.step("So it is 407.").reward == 0.0
 
 
+def test_guess_the_number_answers_higher_lower_and_ends_on_the_secret():
+    env = GuessNumber()
+    env.reset("guess 1-100:", secret="37")
+    assert env.step("50") == Step(" lower", 0.0, False)
+    assert env.step("25") == Step(" higher", 0.0, False)
+    assert env.step("hmm") == Step(" a number?", 0.0, False, {"invalid": 1.0})
+    assert env.step("37") == Step("", 1.0, True, {"solved": 1.0})
+
+
 def test_a_step_that_is_not_a_step_is_named():
     assert checked_step(("obs", 1, False)) == Step("obs", 1.0, False)
     for garbage, words in [
@@ -63,7 +72,7 @@ def test_an_environment_that_cannot_be_loaded_names_the_field():
     assert resolve_environment("calculator") is Calculator
     assert resolve_environment("rlhf.envs.builtin:Calculator") is Calculator
     for name, words in [
-        ("calc", "neither a built-in"),
+        ("calc", r"neither a built-in \(calculator, guess_number\)"),
         ("no_such_module:Env", "cannot load"),
         ("rlhf.envs.builtin:MAX_OPERAND", "not a class"),
         ("rlhf.envs.base:Step", "no reset"),

@@ -79,4 +79,28 @@ class Calculator:
         return Step("", 1.0 if right else 0.0, True)
 
 
-BUILTIN_ENVIRONMENTS: dict[str, Callable[[], Any]] = {"calculator": Calculator}
+class GuessNumber:
+    """Guess a secret whole number (the `secret` column): each wrong guess is answered
+    " higher" or " lower", and the turn that names the secret ends the episode with reward 1
+    (0 for every other turn). With `rollout.turn_rewards: discounted` and a `turn_discount`
+    below 1, an earlier solve is worth more, so the turns an episode takes to solve fall as
+    the policy learns to halve the range. A turn with no number is answered " a number?".
+    info: solved, invalid (turns with no number).
+    """
+
+    def reset(self, prompt: str, secret: object, **columns: Any) -> None:
+        self.secret = int(str(secret))
+
+    def step(self, text: str) -> Step:
+        guess = last_number(text)
+        if guess is None:
+            return Step(" a number?", 0.0, False, {"invalid": 1.0})
+        if guess == self.secret:
+            return Step("", 1.0, True, {"solved": 1.0})
+        return Step(" higher" if guess < self.secret else " lower", 0.0, False)
+
+
+BUILTIN_ENVIRONMENTS: dict[str, Callable[[], Any]] = {
+    "calculator": Calculator,
+    "guess_number": GuessNumber,
+}
