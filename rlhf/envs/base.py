@@ -27,13 +27,12 @@ every turn with its end-of-turn token, so EOS cannot mean "episode over".
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from rlhf.configbase import ConfigError
+from rlhf.configbase import ConfigError, load_named
 
 
 @dataclass
@@ -95,18 +94,7 @@ def resolve_environment(name: str, field: str = "rollout.environment") -> Callab
     naming `field` otherwise."""
     from rlhf.envs.builtin import BUILTIN_ENVIRONMENTS
 
-    if name in BUILTIN_ENVIRONMENTS:
-        return BUILTIN_ENVIRONMENTS[name]
-    if ":" not in name:
-        raise ConfigError(
-            f"{field}: {name!r} is neither a built-in ({', '.join(sorted(BUILTIN_ENVIRONMENTS))}) "
-            "nor of the form 'package.module:Class'"
-        )
-    module_name, attr = name.split(":", 1)
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ConfigError(f"{field}: cannot load {name!r}: {err}") from err
+    factory = load_named(name, field, BUILTIN_ENVIRONMENTS, "package.module:Class")
     if not callable(factory):
         raise ConfigError(f"{field}: {name!r} is not a class or callable")
     for method in ("reset", "step"):

@@ -19,7 +19,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from rlhf.configbase import ConfigError
+from rlhf.configbase import ConfigError, load_named
 from rlhf.envs.base import Step
 
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
@@ -29,15 +29,11 @@ MAX_RESULT_CHARS = 4096  # a tool's answer beyond this is cut (the token limit c
 
 def resolve_tools(names: list[str], field: str = "rollout.tools") -> dict[str, Callable]:
     """name -> function for 'package.module:function' entries; ConfigError naming the entry."""
-    from rlhf.rewards.scoring import resolve_reward_function
-
     tools: dict[str, Callable] = {}
     for i, name in enumerate(names):
-        if ":" not in name:
-            raise ConfigError(
-                f"{field}[{i}]: {name!r} is not of the form 'package.module:function'"
-            )
-        fn = resolve_reward_function(name, f"{field}[{i}]")  # the same import rules
+        fn = load_named(name, f"{field}[{i}]", {}, "package.module:function")
+        if not callable(fn):
+            raise ConfigError(f"{field}[{i}]: {name!r} is not callable")
         tools[fn.__name__] = fn
     return tools
 

@@ -12,7 +12,6 @@ Every such event is counted in the returned metrics and logged.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import inspect
 import logging
 import math
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rlhf.configbase import ConfigError
+from rlhf.configbase import ConfigError, load_named
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +39,7 @@ def resolve_reward_function(name: str, field: str = "reward.functions") -> Rewar
     `ConfigError` naming `field` otherwise."""
     from rlhf.rewards.builtin import BUILTIN_REWARDS
 
-    if name in BUILTIN_REWARDS:
-        return BUILTIN_REWARDS[name]
-    if ":" not in name:
-        raise ConfigError(
-            f"{field}: {name!r} is neither a built-in ({', '.join(sorted(BUILTIN_REWARDS))}) "
-            "nor of the form 'package.module:function'"
-        )
-    module_name, attr = name.split(":", 1)
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ConfigError(f"{field}: cannot load {name!r}: {err}") from err
+    fn = load_named(name, field, BUILTIN_REWARDS, "package.module:function")
     if not callable(fn):
         raise ConfigError(f"{field}: {name!r} is not callable")
     return fn
