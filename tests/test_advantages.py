@@ -106,13 +106,19 @@ def test_gae_matches_the_slow_loop(gamma, lam):
     lengths = rng.integers(0, 5, size=6)  # completions of 0..4 tokens after a 1-token prompt
     extra = (np.arange(5)[None, :] >= 1) & (np.arange(5)[None, :] <= lengths[:, None])
     mask = np.vstack([MASK, extra.astype(np.float32)])
+    adv, ret = check_gae_against_the_slow_loop(mask, gamma, lam, rng)
+    assert not adv[2].any() and not ret[2].any()  # the fully masked row
+
+
+def check_gae_against_the_slow_loop(mask, gamma, lam, rng):
+    """gae on random rewards and values over `mask` equals the textbook loop; returns it."""
     rewards = rng.normal(size=mask.shape) * mask
     values = rng.normal(size=mask.shape)
     adv, ret = gae(rewards, values, mask, gamma, lam)
     want = slow_gae(rewards, values, mask, gamma, lam)
     np.testing.assert_allclose(adv, want, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(ret, (want + values) * mask, rtol=1e-5, atol=1e-6)
-    assert not adv[2].any() and not ret[2].any()  # the fully masked row
+    return adv, ret
 
 
 @pytest.mark.parametrize(("gamma", "lam"), [(1.0, 0.95), (0.9, 0.8)])
@@ -124,12 +130,7 @@ def test_gae_skips_an_episodes_observation_tokens(gamma, lam):
     mask = (rng.random((8, 12)) < 0.6).astype(np.float32)
     mask[:, 0] = 0  # the prompt
     mask[:, 10:] = 0  # padding
-    rewards = rng.normal(size=mask.shape) * mask
-    values = rng.normal(size=mask.shape)
-    adv, ret = gae(rewards, values, mask, gamma, lam)
-    want = slow_gae(rewards, values, mask, gamma, lam)
-    np.testing.assert_allclose(adv, want, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(ret, (want + values) * mask, rtol=1e-5, atol=1e-6)
+    adv, _ = check_gae_against_the_slow_loop(mask, gamma, lam, rng)
     assert not adv[mask == 0].any()
 
 

@@ -102,6 +102,13 @@ class RolloutWorker(WorkerIdentity):
             )
             out = interleave(plain, mixed, n - m, m)
             from_mixture = ([False] * (n - m) + [True] * m) * len(prompt_ids)
+        return self._rollout(prompt_ids, n, out, started, from_mixture=from_mixture)
+
+    def _rollout(
+        self, prompt_ids: list[list[int]], n: int, out: Generation, started: float, **extra: Any
+    ) -> Rollout:
+        """A call's samples (n per prompt, prompt-major) as the Rollout the controller takes;
+        `extra`: the Rollout's optional fields (mixture flags, an episode's columns)."""
         return Rollout(
             prompt_ids=[p for p in prompt_ids for _ in range(n)],
             completion_ids=out.completion_ids,
@@ -113,8 +120,8 @@ class RolloutWorker(WorkerIdentity):
                 out.completion_ids, skip_special_tokens=True
             ),
             worker=self.name,
-            from_mixture=from_mixture,
             seconds=time.perf_counter() - started,
+            **extra,
         )
 
     def _episodes(
@@ -150,19 +157,11 @@ class RolloutWorker(WorkerIdentity):
             stop=self.stop or None,
             **settings,
         )
-        out = eps.generation
-        return Rollout(
-            prompt_ids=[p for p in prompt_ids for _ in range(n)],
-            completion_ids=out.completion_ids,
-            sampler_logprobs=out.logprobs,
-            finish_reasons=out.finish_reasons,
-            prompt_index=[i for i in range(len(prompt_ids)) for _ in range(n)],
-            policy_version=self.policy_version,
-            completion_texts=self.tokenizer.batch_decode(
-                out.completion_ids, skip_special_tokens=True
-            ),
-            worker=self.name,
-            seconds=time.perf_counter() - started,
+        return self._rollout(
+            prompt_ids,
+            n,
+            eps.generation,
+            started,
             policy_masks=eps.policy_masks,
             env_rewards=eps.rewards,
             turns=eps.turns,
