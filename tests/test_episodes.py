@@ -48,7 +48,7 @@ def test_calculator_answers_calls_and_scores_the_final_answer():
 
 def test_guess_the_number_answers_higher_lower_and_ends_on_the_secret():
     env = GuessNumber()
-    env.reset("guess 1-100:", secret="37")
+    env.reset("guess 1-100:", answer="37")
     assert env.step("50") == Step(" lower", 0.0, False)
     assert env.step("25") == Step(" higher", 0.0, False)
     assert env.step("hmm") == Step(" a number?", 0.0, False, {"invalid": 1.0})
@@ -91,6 +91,23 @@ def test_calls_that_never_return_are_reported_as_timeouts():
     assert out[0] == ("ok", 1)
     assert out[1][0] == "error" and str(out[1][1]) == "boom"
     assert out[2] == ("timeout", None)
+    never.set()
+
+
+def test_environment_calls_share_a_few_threads_and_a_hung_one_holds_only_its_own():
+    """More calls than threads: each thread takes the next queued call, so one stuck in a
+    call that never returns leaves the others to serve the rest, and the pool starts no
+    more threads than its size."""
+    from rlhf.envs.episodes import EnvCalls
+
+    never = threading.Event()
+    before = threading.active_count()
+    with EnvCalls(size=2) as threads:
+        out = threads.call_all([never.wait, *(lambda i=i: i for i in range(20))], timeout_s=2.0)
+        assert threading.active_count() - before <= 2
+        assert out[0] == ("timeout", None) and out[1:] == [("ok", i) for i in range(20)]
+        again = threads.call_all([lambda: "next turn"], timeout_s=2.0)  # the free thread
+        assert again == [("ok", "next turn")]
     never.set()
 
 
@@ -242,13 +259,15 @@ def test_episodes_interleave_policy_turns_and_observations(setup):
 
     ids, eps = _run(setup, make)
     obs = tokenizer(OBSERVATION, add_special_tokens=False)["input_ids"]
-    assert len(envs) == 6 and [e.prompt for e in envs] == ["1+2="] * 3 + ["30+4="] * 3
-    assert envs[3].columns == {"answer": "34"}
+    # made in the threads that run them, in any order
+    assert sorted(e.prompt for e in envs) == ["1+2="] * 3 + ["30+4="] * 3
+    assert all(e.columns == PROMPTS[1][1] for e in envs if e.prompt == "30+4=")
+    unmatched = list(envs)
     assert eps.turns == [3] * 6 and eps.rewards == [3.0] * 6
     assert eps.generation.finish_reasons == ["stop"] * 6
     assert eps.metrics["env/episodes"] == 6 and eps.metrics["env/errors"] == 0
-    for e, toks, mask, lps in zip(
-        envs, eps.generation.completion_ids, eps.policy_masks, eps.generation.logprobs, strict=True
+    for i, (toks, mask, lps) in enumerate(
+        zip(eps.generation.completion_ids, eps.policy_masks, eps.generation.logprobs, strict=True)
     ):
         # policy turn, observation, policy turn, observation, policy turn: the observation's
         # tokens sit where the mask is 0, exactly, and each turn's text is what the env got
@@ -260,7 +279,10 @@ def test_episodes_interleave_policy_turns_and_observations(setup):
         assert [m for m, _ in runs] == [1, 0, 1, 0, 1]
         assert all(t == obs for m, t in runs if m == 0)
         turns = [tokenizer.decode(t, skip_special_tokens=True) for m, t in runs if m == 1]
-        assert turns == e.texts
+        # an environment of the episode's prompt got exactly its turns' texts
+        mine = [e for e in unmatched if e.prompt == PROMPTS[i // 3][0] and e.texts == turns]
+        assert mine, (turns, [e.texts for e in unmatched])
+        unmatched.remove(mine[0])  # (two samples alike would have two such environments)
         assert all(lp == 0.0 for lp, m in zip(lps, mask, strict=True) if m == 0)
 
     # The policy tokens' log-probs are the learner's: a plain forward over the whole

@@ -326,6 +326,8 @@ def rollout_metrics(s: Sampled) -> dict[str, float]:
         turns = [t for r in s.rollouts for t in r.turns]
         episodes["env/turns_mean"] = float(np.mean(turns)) if turns else 0.0
         episodes["rollout/observation_tokens"] = float((real - prompt_lengths - lengths).sum())
+        # the share of the workers' generating time spent waiting on environment code
+        episodes["env/waited_share"] = episodes["env/waited_s"] / max(sum(busy.values()), 1e-9)
     return {
         **per_worker,
         **episodes,
