@@ -16,6 +16,7 @@ import random
 import signal
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 import ray
@@ -23,6 +24,7 @@ import ray
 from rlhf.driver.trainer import Trainer
 from rlhf.runtime.control import ControlError, parse_sizes, request_scale, take_scale_requests
 from rlhf.runtime.remote import WorkerDied
+from tests.environments_for_tests import MarkedHint
 from tests.trainers import PROMPTS, SAMPLES, small_trainer
 
 
@@ -146,10 +148,10 @@ def _check_every_prompt_trained_once(trainer: Trainer, iterations: int) -> list[
 def test_killed_workers_of_every_elastic_pool_are_replaced_and_no_prompt_is_lost(
     tmp_path, ray_cluster
 ):
-    """Two workers in each of the rollout, reward and reference pools; 3 kills in each pool
-    at random moments, the three killers at once (9 deaths; each replacement start costs
+    """Two workers in each of the rollout, reward and reference pools; 2 kills in each pool
+    at random moments, the three killers at once (6 deaths; each replacement start costs
     seconds of CI's time)."""
-    kills = 3
+    kills = 2
     trainer = _trainer(
         tmp_path,
         "killed",
@@ -207,6 +209,67 @@ def test_killed_workers_of_every_elastic_pool_are_replaced_and_no_prompt_is_lost
     for r in records:
         assert r["sync/logprob_abs_diff"] < 1e-3, (r["iteration"], r["sync/logprob_abs_diff"])
         assert r["rollout/staleness_max"] == 0
+
+
+@pytest.mark.slow
+def test_a_rollout_worker_killed_inside_episodes_loses_none_of_them(tmp_path, ray_cluster):
+    """Two-turn episodes (tests.environments_for_tests:MarkedHint): once an environment marks
+    that its worker is between an episode's two turns, that worker is SIGKILLed. Its call is
+    sent again to a worker that serves, whole: every prompt is trained on once with all its
+    samples, and every trained sample is a whole episode of two turns."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    trainer = _trainer(
+        tmp_path,
+        "episodes",
+        [
+            "rollout.environment=tests.environments_for_tests:MarkedHint",
+            "topology.rollout.workers=2",
+            "elastic.max_restarts=1",
+            "sync.timeout_s=10",
+        ],
+    )
+    task = trainer.task
+    for prompts in (task.train_prompts, task.eval_prompts):
+        prompts[:] = [replace(p, columns={**p.columns, "marks": str(marks)}) for p in prompts]
+    killed: list[str] = []
+
+    def kill_at_the_first_mark() -> None:
+        assert trainer.pools is not None
+        pids = trainer.pools.elastic["rollout"].pids
+        while not killed:
+            by_pid = {str(pid): name for name, pid in list(pids.items())}
+            marked = [by_pid[m.name] for m in marks.iterdir() if m.name in by_pid]
+            if marked:
+                os.kill(pids[marked[0]], signal.SIGKILL)
+                killed.append(marked[0])
+            time.sleep(0.02)
+
+    try:
+        trainer.start()
+        killer = threading.Thread(target=kill_at_the_first_mark, daemon=True)
+        killer.start()
+
+        def replaced(records: list[dict]) -> bool:
+            last = records[-1]
+            return last["elastic/rollout_restarts"] == 1 and last["workers/rollout"] == 2
+
+        records = _drive(trainer, replaced, most=20)
+        records += _drive_from(trainer, len(records), lambda _: True, most=1)
+    finally:
+        trainer.close()
+    (died,) = trainer.events.of("worker_died")
+    assert [died["worker"]] == killed
+    assert records[-1]["elastic/rollout_requeued_calls"] >= 1  # the killed call, sent again
+    _check_every_prompt_trained_once(trainer, len(records))
+    calls = PROMPTS // 2  # rollout.prompts_per_call=2
+    for r in records:
+        assert r["env/episodes"] == PROMPTS * SAMPLES and r["env/turns_mean"] == 2, r
+        assert r["env/errors"] == r["env/timeouts"] == 0, r
+        # every call's first steps linger: the wait on environment code is counted
+        assert r["env/waited_s"] >= calls * MarkedHint.LINGER_S, r
+        assert 0 < r["env/waited_share"] <= 1, r
+        assert r["sync/logprob_abs_diff"] < 1e-3, (r["iteration"], r["sync/logprob_abs_diff"])
 
 
 @pytest.mark.slow
