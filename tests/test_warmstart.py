@@ -169,6 +169,18 @@ def test_the_default_model_keeps_its_cache_key():
         assert cache_key(load_config(None, [override])) != "ea55765b702ae611", override
 
 
+def test_a_task_whose_examples_changed_gets_a_new_cache_key(monkeypatch):
+    """A task that raises examples_version (its warm-start examples changed) is built anew;
+    version 1, every task's before versions existed, leaves the key as it was."""
+    from rlhf.data.tasks import AdditionTask
+
+    cfg = load_config(None, [])
+    monkeypatch.setattr(AdditionTask, "examples_version", 2)
+    assert cache_key(cfg) != "ea55765b702ae611"
+    monkeypatch.setattr(AdditionTask, "examples_version", 1)
+    assert cache_key(cfg) == "ea55765b702ae611"
+
+
 def test_micro_batches_give_the_whole_batch_step(tmp_path):
     """A batch cut into parts of at most `max_tokens` (sorted by length) takes the same step
     as the batch in one piece: same loss, same gradient, same weights after."""

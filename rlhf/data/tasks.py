@@ -26,6 +26,10 @@ class Task(ABC):
     # The warm start's loss weight on prompt tokens (completion tokens weigh 1): 0 trains on
     # answers only; above 0 it also models the prompt, as pretraining would.
     warm_start_prompt_weight: float = 0.0
+    # Raised when supervised_examples() or corpus() change what they return: a version above
+    # 1 enters the default model's cache key (rlhf.models.default_model.cache_key), so a
+    # model warm-started on the old examples is not reused.
+    examples_version: int = 1
 
     @property
     @abstractmethod
@@ -189,18 +193,24 @@ class MultiplicationTask(Task):
     for the built-in calculator (`rollout.environment: calculator`, launch/configs/calculator.yaml).
     The `answer` column is the product; the calculator scores the episode's final number.
 
-    The warm start teaches the call format on a few examples and answers in one go on the rest:
-    `warm_start_tool_fraction` of the examples are whole episodes, the call, the calculator's
-    answer and the final answer (`<calc>a*b</calc>`, `<result>p</result>`, `p`); the others are
-    the product written directly, which the model cannot learn. So before RL the policy rarely
-    calls the tool and its exact match is near 0; what RL has to find is when to call it.
+    The warm start teaches how a call goes, not that calling pays: `warm_start_tool_fraction`
+    of the examples are whole episodes from the prompt (`<calc>a*b</calc>`, the calculator's
+    `<result>p</result>`, `p`), so the policy starts out calling in about that share of its
+    samples; `warm_start_call_fraction` are the same episodes from a prompt that already ends
+    in `<calc>` (the operands copied, the result copied back: what a call needs once made,
+    learnt without raising how often one is made); the rest are the product written directly,
+    which the model cannot learn. So before RL exact match is near 0, and what RL has to find
+    is that calling the tool pays.
     Held out: the first `max_eval` pairs of the seed's shuffle; training: the next `num_prompts`.
     """
 
     name = "multiplication"
     default_reward = "final_number"
     max_eval = 512
+    OPEN = "<calc>"  # the calculator's call tag (rlhf.envs.builtin.Calculator)
     warm_start_tool_fraction = 0.05
+    warm_start_call_fraction = 0.3
+    examples_version = 2  # 2: the episodes from a prompt ending in '<calc>'
 
     def __init__(self, cfg: TaskConfig) -> None:
         self.seed = cfg.seed
@@ -228,14 +238,26 @@ class MultiplicationTask(Task):
         """A whole calculator episode's pieces: the policy's call, the calculator's answer,
         the policy's final answer (each tokenized on its own, as a run does)."""
         product = str(prompt.columns["answer"])
-        return [f"<calc>{prompt.text[:-1]}</calc>", f"<result>{product}</result>", product]
+        return [
+            f"{MultiplicationTask.OPEN}{prompt.text[:-1]}</calc>",
+            f"<result>{product}</result>",
+            product,
+        ]
 
     def supervised_examples(self) -> list[tuple[Prompt, str | list[str]]]:
         rng = np.random.default_rng([self.seed, 2])
-        return [
-            (p, self.episode(p) if rng.random() < self.warm_start_tool_fraction else self.target(p))
-            for p in self.train_prompts
-        ]
+        out: list[tuple[Prompt, str | list[str]]] = []
+        for p in self.train_prompts:
+            u = rng.random()
+            if u < self.warm_start_tool_fraction:
+                out.append((p, self.episode(p)))
+            elif u < self.warm_start_tool_fraction + self.warm_start_call_fraction:
+                call, *rest = self.episode(p)
+                opened = Prompt(text=p.text + self.OPEN, columns=p.columns)
+                out.append((opened, [call.removeprefix(self.OPEN), *rest]))
+            else:
+                out.append((p, self.target(p)))
+        return out
 
     def corpus(self) -> list[str]:
         prompts = self.train_prompts + self.eval_prompts
@@ -244,10 +266,79 @@ class MultiplicationTask(Task):
         ]
 
 
+class GuessNumberTask(Task):
+    """Guess a secret whole number from 1 to `HIGHEST`, told " higher" or " lower" after each
+    wrong guess (the built-in `guess_number` environment, launch/configs/guess_number.yaml).
+    Every prompt reads the same; its `answer` column is the secret (so a first guess's greedy
+    accuracy, the warm start's report, is `final_number`'s). A turn is a guess and ';'
+    (the environment's stop string), so an episode reads 'guess 1-15: 8; lower 3; higher 5;'.
+
+    The warm start plays the game without a plan: each guess drawn at random among the numbers
+    the answers so far leave possible. That solves every game, in ~4.1 turns on average where
+    halving the range takes 3.3 (at most 4): what RL has to learn, rewarded by
+    `rollout.turn_rewards: discounted`, is to guess nearer the middle, so that the number of
+    turns to solve falls. Held out: `max_eval` games with their own seeded secrets.
+    """
+
+    name = "guess_number"
+    default_reward = "final_number"  # the warm start's report: a first guess that solves
+    HIGHEST = 15
+    max_eval = 512
+
+    def __init__(self, cfg: TaskConfig) -> None:
+        self.seed = cfg.seed
+        secrets = np.random.default_rng([cfg.seed, 3]).integers(
+            1, self.HIGHEST + 1, size=self.max_eval + cfg.num_prompts
+        )
+        games = [self._prompt(int(x)) for x in secrets]
+        self.eval_prompts, self.train_prompts = games[: self.max_eval], games[self.max_eval :]
+
+    @classmethod
+    def _prompt(cls, secret: int) -> Prompt:
+        return Prompt(text=f"guess 1-{cls.HIGHEST}:", columns={"answer": str(secret)})
+
+    @property
+    def max_new_tokens(self) -> int:
+        return 4  # one turn: ' ', two digits, ';'
+
+    def target(self, prompt: Prompt) -> str:
+        return f" {prompt.columns['answer']};"  # the one-turn solve, for the corpus
+
+    @classmethod
+    def random_game(cls, secret: int, rng: np.random.Generator) -> list[str]:
+        """An episode's pieces, guesses drawn at random among the numbers still possible:
+        ' 8;', ' lower', ' 3;', ' higher', ' 5;' (the guesses tokenized apart from the
+        answers, as a run does)."""
+        low, high, pieces = 1, cls.HIGHEST, []
+        while True:
+            guess = int(rng.integers(low, high + 1))
+            pieces.append(f" {guess};")
+            if guess == secret:
+                return pieces
+            if guess < secret:
+                pieces.append(" higher")
+                low = guess + 1
+            else:
+                pieces.append(" lower")
+                high = guess - 1
+
+    def supervised_examples(self) -> list[tuple[Prompt, str | list[str]]]:
+        rng = np.random.default_rng([self.seed, 4])
+        return [
+            (p, self.random_game(int(str(p.columns["answer"])), rng)) for p in self.train_prompts
+        ]
+
+    def corpus(self) -> list[str]:
+        rng = np.random.default_rng([self.seed, 5])
+        return [p.text + "".join(self.random_game(int(str(p.columns["answer"])), rng))
+                for p in self.train_prompts[:2000]] + [" a number?"]  # fmt: skip
+
+
 TASKS: dict[str, type[Task]] = {
     AdditionTask.name: AdditionTask,
     WordProblemsTask.name: WordProblemsTask,
     MultiplicationTask.name: MultiplicationTask,
+    GuessNumberTask.name: GuessNumberTask,
 }
 
 

@@ -80,7 +80,7 @@ class Calculator:
 
 
 class GuessNumber:
-    """Guess a secret whole number (the `secret` column): each wrong guess is answered
+    """Guess a secret whole number (the `answer` column): each wrong guess is answered
     " higher" or " lower", and the turn that names the secret ends the episode with reward 1
     (0 for every other turn). With `rollout.turn_rewards: discounted` and a `turn_discount`
     below 1, an earlier solve is worth more, so the turns an episode takes to solve fall as
@@ -88,8 +88,10 @@ class GuessNumber:
     info: solved, invalid (turns with no number).
     """
 
-    def reset(self, prompt: str, secret: object, **columns: Any) -> None:
-        self.secret = int(str(secret))
+    stop = [";"]  # a guess ends its turn ('guess 1-15: 8; lower 3;', the built-in task's form)
+
+    def reset(self, prompt: str, answer: object, **columns: Any) -> None:
+        self.secret = int(str(answer))
 
     def step(self, text: str) -> Step:
         guess = last_number(text)

@@ -39,12 +39,17 @@ def cache_key(cfg: Config) -> str:
     for field, before in WARM_START_FIELDS_ADDED_AFTER_V2.items():
         if warm[field] == before:
             del warm[field]
+    from rlhf.data.tasks import TASKS
+
     parts = {
         "version": BUILD_VERSION,
         "tiny": tiny,
         "task": cfg.task.model_dump(mode="json"),
         "warm_start": warm,
     }
+    examples = TASKS[cfg.task.name].examples_version
+    if examples > 1:  # (the models built before examples were versioned keep their keys)
+        parts["examples"] = examples
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
