@@ -216,7 +216,9 @@ def test_a_rollout_worker_killed_inside_episodes_loses_none_of_them(tmp_path, ra
     """Two-turn episodes (tests.environments_for_tests:MarkedHint): once an environment marks
     that its worker is between an episode's two turns, that worker is SIGKILLed. Its call is
     sent again to a worker that serves, whole: every prompt is trained on once with all its
-    samples, and every trained sample is a whole episode of two turns."""
+    samples, and every trained sample is a whole episode of two turns. On the
+    plain-transformers engine, as the other elastic tests here: the scheduler requeues a call
+    whatever engine ran it (episodes on vLLM: tests/test_episodes.py)."""
     marks = tmp_path / "marks"
     marks.mkdir()
     trainer = _trainer(
