@@ -85,6 +85,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+INTERRUPTED = (
+    "rlhf: interrupted. What the run wrote is in its run folder; with run.save_every set, "
+    "`rlhf train --resume <run folder>` goes on from its last checkpoint."
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     if args.command == "scale":
@@ -119,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:  # found once files are read (model.path, reward.models)
         print(f"rlhf: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: the workers are stopped by then (train's finally)
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
     print(format_summary(summary))
     print(
         json.dumps({k: v for k, v in summary.items() if isinstance(v, int | float)}),

@@ -85,6 +85,21 @@ def test_cli_reports_config_errors_with_exit_2(capsys):
     assert "iterations: 7" in capsys.readouterr().out
 
 
+def test_an_interrupted_train_says_so_in_one_line_with_exit_130(capsys, monkeypatch):
+    """Ctrl-C during `rlhf train` (KeyboardInterrupt out of the run, after its workers were
+    stopped): one line on stderr, the shell's exit code for SIGINT, no traceback. (By hand, a
+    SIGINT to a default run ended it in ~4 s.)"""
+    import rlhf.run.train
+
+    def interrupted(*_: object) -> dict:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rlhf.run.train, "train", interrupted)
+    assert main(["train", "run.iterations=3"]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("rlhf: interrupted.") and err.count("\n") == 1, err
+
+
 def test_algorithm_blocks_are_chosen_by_name():
     cfg = load_config(None, ["algorithm.name=ppo", "algorithm.lam=0.9"])
     assert cfg.algorithm.name == "ppo" and cfg.algorithm.lam == 0.9
