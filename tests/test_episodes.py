@@ -12,7 +12,7 @@ import torch
 from rlhf.configbase import ConfigError
 from rlhf.envs.base import EpisodeError, Step, checked_step, resolve_environment
 from rlhf.envs.builtin import Calculator, GuessNumber, evaluate_arithmetic
-from rlhf.envs.episodes import EpisodeLimits, call_all, run_episodes
+from rlhf.envs.episodes import EnvCalls, EpisodeLimits, run_episodes
 from rlhf.envs.tools import (
     MAX_RESULT_CHARS,
     ToolEnvironment,
@@ -87,7 +87,8 @@ def test_calls_that_never_return_are_reported_as_timeouts():
     def boom():
         raise RuntimeError("boom")
 
-    out = call_all([lambda: 1, boom, never.wait], timeout_s=0.2)
+    with EnvCalls() as threads:
+        out = threads.call_all([lambda: 1, boom, never.wait], timeout_s=0.2)
     assert out[0] == ("ok", 1)
     assert out[1][0] == "error" and str(out[1][1]) == "boom"
     assert out[2] == ("timeout", None)
@@ -98,8 +99,6 @@ def test_environment_calls_share_a_few_threads_and_a_hung_one_holds_only_its_own
     """More calls than threads: each thread takes the next queued call, so one stuck in a
     call that never returns leaves the others to serve the rest, and the pool starts no
     more threads than its size."""
-    from rlhf.envs.episodes import EnvCalls
-
     never = threading.Event()
     before = threading.active_count()
     with EnvCalls(size=2) as threads:

@@ -106,6 +106,7 @@ class EnvCalls:
 
     def __init__(self, size: int = ENV_THREADS) -> None:
         self.size, self.threads = size, 0
+        self.waited_s = 0.0  # wall time call_all spent waiting for its calls, over all calls
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.lock = threading.Lock()
 
@@ -135,9 +136,11 @@ class EnvCalls:
         for i, call in enumerate(calls):
             self.queue.put((call, i, results, done))
         self._grow(min(FIRST_THREADS, len(calls)))
-        deadline = time.monotonic() + timeout_s
+        started = time.monotonic()
+        deadline = started + timeout_s
         for event in done:
             event.wait(max(0.0, deadline - time.monotonic()))
+        self.waited_s += time.monotonic() - started
         return [results[i] if done[i].is_set() else ("timeout", None) for i in range(len(calls))]
 
     def close(self) -> None:
@@ -151,12 +154,6 @@ class EnvCalls:
 
     def __exit__(self, *_: object) -> None:
         self.close()
-
-
-def call_all(calls: list[Callable[[], Any]], timeout_s: float) -> list[tuple[str, Any]]:
-    """`EnvCalls.call_all` on threads of its own."""
-    with EnvCalls() as threads:
-        return threads.call_all(calls, timeout_s)
 
 
 def run_episodes(
@@ -188,12 +185,10 @@ def run_episodes(
         e.env.reset(text, **columns)
 
     with EnvCalls() as threads:  # threads for this call's turns, ended with it
-        waited = time.perf_counter()
         resets = threads.call_all(
             [lambda e=e, t=t: start(e, *t) for e, t in zip(episodes, texts, strict=True)],
             limits.timeout_s,
         )
-        counts["env/waited_s"] += time.perf_counter() - waited
         for ep, (status, value) in zip(episodes, resets, strict=True):
             if status != "ok":
                 fail(ep, "timeout" if status == "timeout" else "reset raised", value)
@@ -221,12 +216,10 @@ def run_episodes(
                 e.turn_ends.append(len(e.tokens) - 1)
                 turns.append(toks)
             decoded = tokenizer.batch_decode(turns, skip_special_tokens=True)
-            waited = time.perf_counter()
             steps = threads.call_all(
                 [lambda e=e, t=t: e.env.step(t) for e, t in zip(running, decoded, strict=True)],
                 limits.timeout_s,
             )
-            counts["env/waited_s"] += time.perf_counter() - waited
             answered: list[tuple[Episode, Step]] = []
             for e, (status, value) in zip(running, steps, strict=True):
                 if status == "ok":
@@ -238,12 +231,13 @@ def run_episodes(
                     fail(e, "timeout" if status == "timeout" else "step raised", value)
             # each distinct observation tokenized once, in one call: per episode it was most
             # of the runner's own time
-            texts_seen = sorted({step.observation for _, step in answered if step.observation})
-            ids = tokenizer(texts_seen, add_special_tokens=False)["input_ids"] if texts_seen else []
-            observed = dict(zip(texts_seen, ids, strict=True))
+            distinct = list({step.observation for _, step in answered if step.observation})
+            ids = tokenizer(distinct, add_special_tokens=False)["input_ids"] if distinct else []
+            observed = dict(zip(distinct, ids, strict=True))
             for e, step in answered:
                 _observe(e, step, observed.get(step.observation, []), limits, counts, info_sums)
             turn += 1
+    counts["env/waited_s"] = threads.waited_s
 
     failures = [e.failed for e in episodes if e.failed]
     if failures:
