@@ -255,7 +255,7 @@ def trl_job(cfg: Config, model_path: str, task, tokenizer) -> dict[str, Any]:
         "clip_low": a.clip_low,
         "clip_high": a.clip_high,
         "scale_rewards": a.scale_rewards,
-        "lr": learner.lr,
+        "lr": cfg.learning_rate("learner"),
         "adam_betas": list(learner.adam_betas),
         "weight_decay": learner.weight_decay,
         "warmup_steps": learner.warmup_iterations,
@@ -508,7 +508,7 @@ def settings_rows(
         ),
         (
             "optimizer",
-            f"torch AdamW lr={learner.lr}, betas={tuple(learner.adam_betas)}, wd={learner.weight_decay}, eps 1e-8",
+            f"torch AdamW lr={cfg.learning_rate('learner')}, betas={tuple(learner.adam_betas)}, wd={learner.weight_decay}, eps 1e-8",
             "the same torch AdamW, passed in",
             yes,
         ),

@@ -14,7 +14,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from rlhf.algorithms import ALGORITHMS, Algorithm, AlgorithmConfig
-from rlhf.algorithms.base import started_pools
+from rlhf.algorithms.base import stage_table, started_pools
 from rlhf.algorithms.grpo import GRPOConfig
 from rlhf.configbase import ConfigError, Section
 from rlhf.models.dtypes import DtypeChoice
@@ -142,6 +142,30 @@ class TinyModelConfig(Section):
     seed: int = 0
 
 
+class LoraConfig(Section):
+    """Low-rank adapters (PEFT) on the learner's policy: only they train; the engines get the
+    merged policy (docs/lora.md)."""
+
+    rank: int = Field(0, ge=0, description="the adapters' rank; 0: no LoRA (full fine-tuning)")
+    alpha: float = Field(16.0, gt=0, description="scaling numerator: updates scale by alpha/rank")
+    dropout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="dropout on the adapters' input; above 0 the learner's log-probs of a "
+        "sample are noisy and no longer equal the sampler's",
+    )
+    target_modules: str | list[str] = Field(
+        "all-linear",
+        description="the layers that get adapters: PEFT's 'all-linear' (every linear layer "
+        "but the output head) or a list of module names (e.g. [q_proj, v_proj])",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.rank > 0
+
+
 class ModelConfig(Section):
     path: str | None = Field(None, description="HF model folder; None builds the tiny default")
     tiny: TinyModelConfig = TinyModelConfig()
@@ -151,6 +175,7 @@ class ModelConfig(Section):
         "on a GPU that has it, float32 elsewhere (CPU)",
     )
     cache_dir: str = Field("~/.cache/rlhf", description="where built tiny models are kept")
+    lora: LoraConfig = LoraConfig()
 
 
 class TaskConfig(Section):
@@ -379,8 +404,17 @@ class RewardConfig(Section):
     )
 
 
+FULL_FINE_TUNING_LR = 1e-4
+LORA_LR = 1e-3  # adapters start at zero and move a few directions: they need a larger step
+
+
 class LearnerConfig(Section):
-    lr: float = Field(1e-4, gt=0)
+    lr: float | None = Field(
+        None,
+        gt=0,
+        description=f"None: {FULL_FINE_TUNING_LR:g}, or {LORA_LR:g} for the policy's LoRA "
+        "adapters (model.lora.rank > 0)",
+    )
     warmup_iterations: int = Field(10, ge=0, description="linear lr warm-up")
     lr_decay: Literal["constant", "linear", "cosine"] = Field(
         "cosine", description="after warm-up, to min_lr_ratio * lr at the last iteration"
@@ -420,6 +454,12 @@ class ReferenceConfig(Section):
     learner.max_tokens_per_micro_batch (rows longest first; a unit may be split there)."""
 
     dtype: DtypeChoice | None = _pool_dtype()
+    separate_pool: bool = Field(
+        False,
+        description="with LoRA (model.lora.rank > 0) the learner's base weights, adapters off, "
+        "give the reference log-probs and no reference pool starts; true: a pool of its own "
+        "anyway (without LoRA there always is one)",
+    )
 
 
 class CriticConfig(LearnerConfig):
@@ -587,7 +627,10 @@ class Config(Section):
     def _consistent(self) -> Config:
         self.algorithm.check(self)
         needs = self.make_algorithm().needs
-        if "reference" in started_pools(needs) and self.topology.reference.workers < 1:
+        if (
+            "reference" in started_pools(needs, self.stage_table())
+            and self.topology.reference.workers < 1
+        ):
             raise ValueError(
                 f"topology.reference.workers must be >= 1: {self.algorithm.name} with "
                 f"beta={self.algorithm.beta} uses the reference model"
@@ -646,6 +689,23 @@ class Config(Section):
 
     # Resolved choices: methods, so the fields keep what the user wrote (config.yaml records
     # it, and a resume with an override is a fresh validation of it).
+    def reference_from_base(self) -> bool:
+        """LoRA's reference for free: the learner's model with its adapters switched off is
+        the starting policy, so no reference pool is needed (unless one is asked for)."""
+        return self.model.lora.enabled and not self.reference.separate_pool
+
+    def stage_table(self) -> dict[str, str]:
+        """Which pool fills each stage column in this run (`rlhf.algorithms.base.stage_table`)."""
+        return stage_table(self.reference_from_base())
+
+    def learning_rate(self, role: str) -> float:
+        """The lr of a DeepSpeed pool ("learner" | "critic"): as set, or the default for what
+        it trains (LoRA adapters take a larger one)."""
+        lr = getattr(self, role).lr
+        if lr is not None:
+            return lr
+        return LORA_LR if role == "learner" and self.model.lora.enabled else FULL_FINE_TUNING_LR
+
     def is_colocated(self, pool: str) -> bool:
         """Whether `pool` takes turns on the cores it shares with the other colocated pools:
         its own flag, or `topology.colocate_all` (unset: when generation is synchronous)."""

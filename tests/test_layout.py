@@ -126,3 +126,24 @@ def test_one_stage_table_gives_the_stages_the_pools_and_the_checks():
         assert "topology.reference.workers must be >= 1" in str(err)
     else:
         raise AssertionError("a KL without a reference pool was accepted")
+
+
+def test_lora_moves_the_reference_stage_to_the_learner_by_the_same_table():
+    """With LoRA the learner's base (adapters off) gives the reference log-probs: the run's
+    table names the learner for them, so no reference pool starts and its check is moot;
+    `reference.separate_pool` keeps the pool."""
+    from rlhf.algorithms.base import STAGES, started_pools
+    from rlhf.config import load_config
+    from rlhf.driver.stages import BaseReferenceStage, ReferenceStage, stage_class
+
+    kl = ["algorithm.beta=0.1", "topology.reference.workers=0"]
+    cfg = load_config(None, ["model.lora.rank=8", *kl])  # accepted: no pool is needed
+    table = cfg.stage_table()
+    assert table["ref_logprobs"] == "learner" and cfg.reference_from_base()
+    assert started_pools({"rewards", "ref_logprobs"}, table) == ["rollout", "learner", "reward"]
+    assert stage_class("ref_logprobs", table) is BaseReferenceStage
+    assert stage_class("ref_logprobs", STAGES) is ReferenceStage
+    kept = load_config(None, ["model.lora.rank=8", "algorithm.beta=0.1",
+                              "reference.separate_pool=true"])  # fmt: skip
+    assert kept.stage_table() == STAGES and not kept.reference_from_base()
+    assert started_pools({"ref_logprobs"}, kept.stage_table())[-1] == "reference"

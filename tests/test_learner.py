@@ -39,6 +39,7 @@ MICRO = 4  # one unit per micro-batch
 LONG_PROMPT_LENGTHS = [100, 3, 60, 2, 8, 110, 25, 4]
 LONG_SAMPLES = 2
 TOKEN_BUDGET = 250
+LORA_RANK = 4
 
 
 # ---------------------------------------------------------------- plain helpers (no Ray)
@@ -64,10 +65,11 @@ def model_path(tmp_path_factory) -> str:
     return tiny_model(tmp_path_factory.mktemp("learner") / "tiny", 256, 4, 2, 512)
 
 
-def make_cfg(stage: int) -> Config:
+def make_cfg(stage: int, lora_rank: int = 0) -> Config:
     return load_config(
         None,
         [
+            f"model.lora.rank={lora_rank}",
             f"learner.zero_stage={stage}",
             f"learner.micro_batch_size={MICRO}",
             f"rollout.samples_per_prompt={SAMPLES}",
@@ -134,15 +136,19 @@ def shards_for(batch: TrainBatch, world: int, budget: int | None = None):
 
 
 # ---------------------------------------------------------------- Ray actors
+Key = tuple[int, ...]  # (zero stage, world size[, LoRA rank])
+
+
 class Learners:
-    """Learner groups started on demand, keyed by (zero stage, world size), killed at the end."""
+    """Learner groups started on demand, keyed by (zero stage, world size) or (zero stage,
+    world size, LoRA rank), killed at the end."""
 
     def __init__(self, model_path: str) -> None:
         self.model_path = model_path
-        self.groups: dict[tuple[int, int], list] = {}
-        self.init_seconds: dict[tuple[int, int], float] = {}
+        self.groups: dict[Key, list] = {}
+        self.init_seconds: dict[Key, float] = {}
 
-    def start(self, *keys: tuple[int, int]) -> None:
+    def start(self, *keys: Key) -> None:
         """Start several groups at once (their start-ups overlap)."""
         import ray
 
@@ -150,27 +156,28 @@ class Learners:
 
         remote = ray.remote(num_cpus=0.5)(LearnerWorker)
         pending = {}
-        for stage, world in keys:
-            cfg = make_cfg(stage)
+        for key in keys:
+            stage, world, *lora_rank = key
+            cfg = make_cfg(stage, *lora_rank)
             actors = [remote.remote(cfg, r, world, self.model_path) for r in range(world)]
             ray.get([a.ready.remote() for a in actors])
             addr, port = ray.get(actors[0].host_training_store.remote())
             t0 = time.perf_counter()
-            pending[(stage, world)] = (t0, [a.init_training.remote(addr, port) for a in actors])
-            self.groups[(stage, world)] = actors
+            pending[key] = (t0, [a.init_training.remote(addr, port) for a in actors])
+            self.groups[key] = actors
         for key, (t0, refs) in pending.items():
             ray.get(refs, timeout=300)
             self.init_seconds[key] = time.perf_counter() - t0
 
-    def get(self, stage: int, world: int) -> list:
-        if (stage, world) not in self.groups:
-            self.start((stage, world))
-        return self.groups[(stage, world)]
+    def get(self, *key: int) -> list:
+        if key not in self.groups:
+            self.start(key)
+        return self.groups[key]
 
-    def release(self, stage: int, world: int) -> None:
+    def release(self, *key: int) -> None:
         import ray
 
-        for a in self.groups.pop((stage, world), []):
+        for a in self.groups.pop(key, []):
             try:
                 ray.get(a.shutdown.remote(), timeout=30)
             except Exception:
@@ -200,15 +207,25 @@ def call_all(actors: list, method: str, *args_per_rank) -> list:
 
 
 # ---------------------------------------------------------------- plain PyTorch reference
-def reference_iteration(model_path: str, batch: TrainBatch, cfg: Config):
+def reference_iteration(
+    model_path: str, batch: TrainBatch, cfg: Config, initial: dict | None = None
+):
     """The learner's iteration written directly, one forward per optimizer step over every
     row of its mini-batch, padded to the batch's width: mini-batch k holds the k-th half of
     the rows (whole units of equal size), its loss weights scaled so each step sees the whole
-    batch's total weight."""
+    batch's total weight. With LoRA: PEFT's model, its adapters started from `initial` (the
+    learner's own random start), only they in the optimizer."""
     model = hf_model(model_path)
+    if cfg.model.lora.enabled:
+        from rlhf.models.lora import apply_lora
+
+        model = apply_lora(model, cfg.model.lora)
+        assert initial is not None
+        model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in initial.items()})
+    params = [p for p in model.parameters() if p.requires_grad]
     algo = make_algorithm(cfg.algorithm, cfg.rollout.max_new_tokens)
     lc = cfg.learner
-    opt = torch.optim.AdamW(model.parameters(), lr=lc.lr, betas=lc.adam_betas, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=lc.lr, betas=lc.adam_betas, weight_decay=0.0)
     warmup_steps = lc.warmup_iterations * EPOCHS * MINI_BATCHES  # the warm-up counts iterations
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup_steps))
     t = to_tensors(batch, "cpu")
@@ -224,8 +241,10 @@ def reference_iteration(model_path: str, batch: TrainBatch, cfg: Config):
             loss, _ = algo.loss(ForwardOutput(logprobs=lp), mb)
             loss.backward()
             if first_grads is None:
-                first_grads = {n: p.grad.numpy().copy() for n, p in model.named_parameters()}
-            norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), lc.grad_clip)))
+                first_grads = {
+                    n: p.grad.numpy().copy() for n, p in model.named_parameters() if p.requires_grad
+                }
+            norms.append(float(torch.nn.utils.clip_grad_norm_(params, lc.grad_clip)))
             lrs.append(opt.param_groups[0]["lr"])
             opt.step()
             sched.step()
@@ -249,6 +268,9 @@ def assert_close_weights(got: dict, want: dict, first_grads: dict, lrs: list[flo
     scale = max(float(np.abs(g).max()) for g in first_grads.values())
     loose = 2.0 * sum(lrs)  # an update of either sign, at most lr per step
     for name in want:
+        if name not in first_grads:  # frozen (LoRA's base): not a bit may move
+            np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+            continue
         near_zero = np.abs(first_grads[name]) < 1e-5 * scale
         atol = np.where(near_zero, loose, 1e-5)
         diff = np.abs(got[name] - want[name])
@@ -272,13 +294,20 @@ def assert_budget_plan_is_varied(batch: TrainBatch) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "stage, budget", [(2, None), (3, None), (3, TOKEN_BUDGET)], ids=["2", "3", "3-token-budget"]
+    "stage, budget, lora_rank",
+    [(2, None, 0), (3, None, 0), (3, TOKEN_BUDGET, 0), (3, None, LORA_RANK)],
+    ids=["2", "3", "3-token-budget", "3-lora"],
 )
-def test_two_ranks_match_one_rank_and_plain_torch(stage, budget, learners, model_path, request):
+def test_two_ranks_match_one_rank_and_plain_torch(
+    stage, budget, lora_rank, learners, model_path, request, tmp_path
+):
+    """With LoRA (PEFT) as without: the adapters' gradients and updates are the same under
+    every sharding, and the frozen base (partitioned under ZeRO-3) does not move."""
     batch = request.getfixturevalue("batch" if budget is None else "long_batch")
     if budget is not None:
         assert_budget_plan_is_varied(batch)
-    single_key, pair_key = (stage, 1), (stage, 2)
+    lora = (lora_rank,) if lora_rank else ()
+    single_key, pair_key = (stage, 1, *lora), (stage, 2, *lora)
     learners.start(single_key, pair_key)
     single, pair = learners.get(*single_key), learners.get(*pair_key)
     initial = call_all(single, "full_weights")[0]
@@ -308,7 +337,11 @@ def test_two_ranks_match_one_rank_and_plain_torch(stage, budget, learners, model
     )
     w_single = call_all(single, "full_weights")[0]
     w_pair = call_all(pair, "full_weights")
-    ref_w, ref_g, ref_norms, ref_lrs = reference_iteration(model_path, batch, make_cfg(stage))
+    ref_w, ref_g, ref_norms, ref_lrs = reference_iteration(
+        model_path, batch, make_cfg(stage, lora_rank), initial
+    )
+    if lora_rank:  # only the adapters trained
+        assert ref_g and all(".lora_" in name for name in [*ref_g, *g_single])
 
     # The first step's gradient, before the optimizer: the same under every sharding.
     assert_close_grads(g_single, ref_g)
@@ -329,11 +362,54 @@ def test_two_ranks_match_one_rank_and_plain_torch(stage, budget, learners, model
     total = sum(m["loss/total"] for m, _ in pair_out)
     assert total == pytest.approx(m_single["loss/total"], rel=1e-3, abs=1e-5)
 
+    if lora_rank:
+        assert_lora_export(pair, w_pair[0], make_cfg(stage, lora_rank), model_path, tmp_path)
+        # The reference for free: adapters off, the trained model is the starting policy
+        # (the batch's reference log-probs are the initial model's, from transformers).
+        base = call_all(pair, "forward_pass", plain, "base_logprobs")
+        adapted = call_all(pair, "forward_pass", plain, "logprobs")
+        gap = 0.0
+        for shard, part, now in zip(plain, base, adapted, strict=True):
+            real = shard.rows >= 0
+            mask = batch["completion_mask"][shard.rows[real]]
+            want = batch["ref_logprobs"][shard.rows[real]]
+            np.testing.assert_allclose(part[real] * mask, want, atol=1e-5)
+            gap = max(gap, float(np.abs(now[real] * mask - want).max()))
+        assert gap > 1e-3  # while the adapted policy has moved
+
     learners.release(*single_key)
-    if stage != 3:  # the ZeRO-3 pair serves the tests below
+    if stage != 3 or lora_rank:  # the plain ZeRO-3 pair serves the tests below
         learners.release(*pair_key)
     elif budget is None:  # the token-budget case starts its own fresh pair
         learners.release(*pair_key)
+
+
+def assert_lora_export(pair: list, peft_weights: dict, cfg: Config, model_path: str, out) -> None:
+    """A LoRA learner's `save_pretrained` (ZeRO-3: gathered) writes the merged policy, which
+    plain transformers loads, equal to W + (alpha / rank) * B @ A computed here from the
+    learner's own tensors; and the adapter alone, which PEFT loads onto the base."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    call_all(pair, "save_pretrained", str(out / "final"))
+    merged = AutoModelForCausalLM.from_pretrained(out / "final").state_dict()
+    scaling = cfg.model.lora.alpha / cfg.model.lora.rank
+    checked = 0
+    for name, w in peft_weights.items():
+        if ".lora_" in name:
+            continue
+        plain = name.removeprefix("base_model.model.").replace(".base_layer", "")
+        if ".base_layer." in name:
+            a = peft_weights[name.replace("base_layer", "lora_A.default")]
+            b = peft_weights[name.replace("base_layer", "lora_B.default")]
+            w = w + scaling * (b.astype(np.float64) @ a.astype(np.float64))
+            checked += 1
+        # float32 rounding of the product and the sum: ~1e-7 of the weights' scale
+        np.testing.assert_allclose(merged[plain].numpy(), w, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert checked > 0 and len(merged) == len([n for n in peft_weights if ".lora_" not in n])
+    adapted = PeftModel.from_pretrained(hf_model(model_path), out / "final" / "adapter")
+    for name, t in adapted.state_dict().items():
+        np.testing.assert_array_equal(t.numpy(), peft_weights[name], err_msg=name)
 
 
 def objective(model_path: str, weights: dict, batch: TrainBatch) -> float:

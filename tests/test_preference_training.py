@@ -112,9 +112,13 @@ def test_online_dpo_beats_the_initial_policy(tmp_path):
 
 @pytest.mark.parametrize("name", ["ipo_md", "nash_md"])
 def test_mixture_algorithms_run_end_to_end(tmp_path, name):
+    """Nash-MD trains LoRA adapters (`model.lora.rank`): the mixture engine's policy half
+    takes the merged policy, and its samples' log-probs are the learner's."""
     overrides = [*ALGORITHMS[name], *ONE_EACH, "rollout.samples_per_prompt=2", "run.iterations=3"]
     if name == "ipo_md":
         overrides.append("algorithm.mixture_samples=one")
+    else:
+        overrides += ["model.lora.rank=4", "learner.lr=1e-3"]
     run_cli("train", *overrides, "run.eval_prompts=64", "run.progress_bar=false", NO_DASHBOARD,
             "run.save_model=false", f"run.output_dir={tmp_path}", "run.name=run")  # fmt: skip
     records = [
@@ -125,6 +129,8 @@ def test_mixture_algorithms_run_end_to_end(tmp_path, name):
         assert r["pairs/count"] > 0
         # one policy sample per prompt: the sync check compares those alone, and holds
         assert r["sync/logprob_abs_diff"] < 1e-3
+        if name == "nash_md":  # merged LoRA weights: float32 rounding of W + s*B@A (~1e-6)
+            assert r["sync/logprob_abs_diff"] < 1e-5
     assert records[-1]["policy_version"] == 2  # every iteration trained and synced
 
 

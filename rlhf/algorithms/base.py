@@ -39,10 +39,16 @@ STAGES: dict[str, str] = {
 ALWAYS_STARTED = ("rollout", "learner", "reward")  # generate, train, and score or judge
 
 
-def started_pools(needs: Iterable[str]) -> list[str]:
+def stage_table(reference_from_base: bool = False) -> dict[str, str]:
+    """`STAGES`, or with LoRA's reference from the base (`Config.reference_from_base`) the
+    reference log-probs from the learner, its adapters switched off: no reference pool."""
+    return {**STAGES, "ref_logprobs": "learner"} if reference_from_base else dict(STAGES)
+
+
+def started_pools(needs: Iterable[str], table: dict[str, str] = STAGES) -> list[str]:
     """The pools a run with these stage columns starts: the three every run has, and the
-    reference or critic pool when a stage needs it."""
-    wanted = set(ALWAYS_STARTED) | {STAGES[column] for column in needs}
+    reference or critic pool when a stage of `table` (a `stage_table`) needs it."""
+    wanted = set(ALWAYS_STARTED) | {table[column] for column in needs}
     return [p for p in (*ALWAYS_STARTED, "reference", "critic") if p in wanted]
 
 

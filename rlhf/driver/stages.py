@@ -92,7 +92,7 @@ class Stage(ABC):
     @classmethod
     def build(cls, pools: Pools, cfg: Config, timeout_s: float) -> Stage:
         """This stage of a run, on the pool the stage table gives its column."""
-        return cls(getattr(pools, STAGES[cls.column]), timeout_s)
+        return cls(getattr(pools, cfg.stage_table()[cls.column]), timeout_s)
 
     def submit(self, s: Sampled) -> Pending:
         self._started = time.perf_counter()
@@ -130,7 +130,7 @@ class RewardStage(Stage):
     @classmethod
     def build(cls, pools: Pools, cfg: Config, timeout_s: float) -> Stage:
         scored = bool(cfg.reward_functions() or cfg.reward.models)
-        return cls(getattr(pools, STAGES[cls.column]), timeout_s, scored=scored)
+        return cls(getattr(pools, cfg.stage_table()[cls.column]), timeout_s, scored=scored)
 
     def _submit(self, s: Sampled) -> Pending:
         keys = list(s.prompts[0].columns) if s.prompts else []
@@ -174,7 +174,7 @@ class PreferenceStage(Stage):
 
     @classmethod
     def build(cls, pools: Pools, cfg: Config, timeout_s: float) -> Stage:
-        return cls(getattr(pools, STAGES[cls.column]), timeout_s, cfg.reward.judge)
+        return cls(getattr(pools, cfg.stage_table()[cls.column]), timeout_s, cfg.reward.judge)
 
     def __init__(self, pool: Pool, timeout_s: float, judge: JudgeConfig) -> None:
         super().__init__(pool, timeout_s)
@@ -251,7 +251,7 @@ class ForwardStage(Stage):
     @classmethod
     def build(cls, pools: Pools, cfg: Config, timeout_s: float) -> Stage:
         """On a DeepSpeed pool, with that pool's micro-batch limits (`learner.*`, `critic.*`)."""
-        pool = STAGES[cls.column]
+        pool = cfg.stage_table()[cls.column]
         limits = getattr(cfg, pool)
         return cls(
             getattr(pools, pool),
@@ -298,11 +298,29 @@ class ValueStage(ForwardStage):
     time_key = "time/values"
 
 
-# The stage that fills each column of the stage table (rlhf.algorithms.base.STAGES).
+class BaseReferenceStage(ForwardStage):
+    """LoRA's reference for free: the learner's own model with its adapters off is the
+    starting policy (`Config.reference_from_base`)."""
+
+    column = "ref_logprobs"
+    field = "base_logprobs"
+    time_key = "time/reference"
+
+
+# The stage that fills each column of the stage table (rlhf.algorithms.base.STAGES), and
+# the one that fills it where a run's table names another pool.
 STAGE_CLASSES: dict[str, type[Stage]] = {
     cls.column: cls
     for cls in (RewardStage, PreferenceStage, ReferenceStage, OldLogprobStage, ValueStage)
 }
+MOVED_STAGE_CLASSES: dict[tuple[str, str], type[Stage]] = {
+    ("ref_logprobs", "learner"): BaseReferenceStage,
+}
+
+
+def stage_class(column: str, table: dict[str, str]) -> type[Stage]:
+    pool = table[column]
+    return STAGE_CLASSES[column] if pool == STAGES[column] else MOVED_STAGE_CLASSES[column, pool]
 
 
 def rollout_metrics(s: Sampled) -> dict[str, float]:

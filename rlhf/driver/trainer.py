@@ -50,11 +50,11 @@ from rlhf.data.lengths import PromptFit, fit_prompts
 from rlhf.driver.membership import Membership
 from rlhf.driver.scheduler import RolloutScheduler
 from rlhf.driver.stages import (
-    STAGE_CLASSES,
     RewardStage,
     Sampled,
     Stage,
     rollout_metrics,
+    stage_class,
 )
 from rlhf.evaluation.plan import evaluation_skipped
 from rlhf.models.logprobs import pad_id_of
@@ -167,8 +167,9 @@ class Trainer:
 
     def _stages(self, columns: set[str] | frozenset[str]) -> list[Stage]:
         assert self.pools is not None
+        table = self.cfg.stage_table()
         return [
-            STAGE_CLASSES[c].build(self.pools, self.cfg, self.timeout)
+            stage_class(c, table).build(self.pools, self.cfg, self.timeout)
             for c in STAGES
             if c in columns
         ]

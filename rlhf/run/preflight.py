@@ -108,6 +108,19 @@ def fit_to_model(cfg: Config, task: Task, model_path: str) -> PromptFit:
     return fit_prompts(cfg, task, model_path, lambda p: len(prompt_ids(tokenizer, p, tools)))
 
 
+def check_lora(cfg: Config, model_path: str) -> None:
+    """LoRA adapters that would attach to no layer of the model are named before any actor
+    starts (PEFT would raise inside the learner)."""
+    if not cfg.model.lora.enabled:
+        return
+    from rlhf.models.lora import check_targets
+
+    try:
+        check_targets(cfg.model.lora, model_path)
+    except ValueError as err:
+        raise ConfigError(f"model.lora.target_modules: {err}") from None
+
+
 def training_scores_rewards(cfg: Config) -> bool:
     """Whether training calls the reward functions: a policy-gradient algorithm, or a
     preference algorithm judged by the rewards (`reward.judge.kind=reward`)."""

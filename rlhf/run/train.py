@@ -56,12 +56,13 @@ def train(cfg: Config, resume_from: Path | None = None) -> dict[str, Any]:
 
     from rlhf.driver.trainer import Trainer
     from rlhf.models.default_model import prepare_model
-    from rlhf.run.preflight import check_before_start, fit_to_model
+    from rlhf.run.preflight import check_before_start, check_lora, fit_to_model
 
     started = time.perf_counter()
     task = check_before_start(cfg)  # a user's mistake stops here: no run folder, no actor
     model_path = prepare_model(cfg)
     fit = fit_to_model(cfg, task, model_path)  # ... and a length that cannot work, here
+    check_lora(cfg, model_path)  # ... and adapters with no layer to attach to
     run_dir = make_run_dir(cfg)
     print(f"[rlhf] run folder: {run_dir}", flush=True)
     print(f"[rlhf] policy: {model_path}", flush=True)

@@ -17,7 +17,7 @@ SCALE_ROOM = 4  # a local cluster's CPUs, as a multiple of what the pools reserv
 
 def requested_cpus(cfg: Config, needs: Iterable[str]) -> float:
     """The CPUs the started pools reserve (`needs`: the algorithm's stage columns)."""
-    pools = [getattr(cfg.topology, p) for p in started_pools(needs)]
+    pools = [getattr(cfg.topology, p) for p in started_pools(needs, cfg.stage_table())]
     return sum(p.workers * p.num_cpus for p in pools)
 
 
@@ -28,7 +28,7 @@ def threads_at_once(cfg: Config, needs: Iterable[str]) -> int:
     from rlhf.workers.common import colocated_cores, compute_threads
 
     t = cfg.topology
-    pools = started_pools(needs)
+    pools = started_pools(needs, cfg.stage_table())
     apart = sum(
         getattr(t, p).workers * compute_threads(p, cfg) for p in pools if not cfg.is_colocated(p)
     )

@@ -98,7 +98,7 @@ class Pools:
         from rlhf.workers.critic import CriticWorker
         from rlhf.workers.learner import LearnerWorker
 
-        wanted = started_pools(needs)
+        wanted = started_pools(needs, cfg.stage_table())
         uses_reference, uses_critic = "reference" in wanted, "critic" in wanted
         t, timeout = cfg.topology, cfg.run.call_timeout_s
         pools = cls(cfg, model_path=model_path, max_model_len=max_model_len)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from rlhf.config import LearnerConfig
+from rlhf.config import FULL_FINE_TUNING_LR, LearnerConfig
 from rlhf.models.dtypes import DTYPES
 from rlhf.sync.group import resolve_backend
 
@@ -115,8 +115,13 @@ def lr_factor(
     return factor
 
 
-def make_optimizer(model: torch.nn.Module, cfg: LearnerConfig) -> torch.optim.Optimizer:
-    """AdamW; norms and biases (1-D parameters) get no weight decay."""
+def make_optimizer(
+    model: torch.nn.Module, cfg: LearnerConfig, lr: float | None = None
+) -> torch.optim.Optimizer:
+    """AdamW over the parameters that train (LoRA: the adapters); norms and biases (1-D
+    parameters) get no weight decay. `lr`: the pool's resolved lr (`Config.learning_rate`);
+    None: `cfg.lr`, or the full-fine-tuning default where that is unset."""
+    lr = lr if lr is not None else cfg.lr if cfg.lr is not None else FULL_FINE_TUNING_LR
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
@@ -125,9 +130,7 @@ def make_optimizer(model: torch.nn.Module, cfg: LearnerConfig) -> torch.optim.Op
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(
-        [g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.adam_betas)
-    )
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=tuple(cfg.adam_betas))
 
 
 def build_engine(
@@ -137,15 +140,17 @@ def build_engine(
     world_size: int,
     steps_per_iteration: int = 1,
     iterations: int = 0,
+    lr: float | None = None,
 ):
     """deepspeed.initialize on an already-initialised process group; returns the engine.
-    The lr schedule counts optimizer steps: `steps_per_iteration` of them per iteration."""
+    The lr schedule counts optimizer steps: `steps_per_iteration` of them per iteration.
+    `lr`: see `make_optimizer`."""
     import deepspeed
 
     skip_shm_comm_op()
     if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
         model.gradient_checkpointing_enable()
-    optimizer = make_optimizer(model, cfg)
+    optimizer = make_optimizer(model, cfg, lr)
     # Built on the client optimizer: DeepSpeed's ZeRO wrappers step it with its own
     # param_groups, so the schedule's lr reaches every step.
     schedule = lr_factor(

@@ -91,6 +91,7 @@ class DeepSpeedWorker(WorkerIdentity, ABC):
             self.world_size,
             steps_per_iteration=self.algorithm.epochs * self.algorithm.mini_batches,
             iterations=cfg.run.iterations,
+            lr=cfg.learning_rate(self.role),
         )
 
     def _engine(self):

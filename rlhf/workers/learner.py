@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from rlhf.algorithms.base import ForwardOutput
+from rlhf.models import lora
 from rlhf.models.loading import load_policy
 from rlhf.models.logprobs import (
     completion_tail,
@@ -29,11 +30,20 @@ class LearnerWorker(DeepSpeedWorker):
     manifest: list[ParamSpec] = []
 
     def load_model(self) -> torch.nn.Module:
-        return load_policy(self.model_path, self.settings.gradient_checkpointing)
+        model = load_policy(self.model_path, self.settings.gradient_checkpointing)
+        if self.cfg.model.lora.enabled:
+            model = lora.apply_lora(model, self.cfg.model.lora)
+        return model
 
     def init_training(self, master_addr: str, master_port: int) -> None:
         super().init_training(master_addr, master_port)
-        self.manifest = export.manifest(self._module)
+        self.manifest = lora.policy_manifest(self._module)
+
+    def _policy_parameters(self, device) -> export.Named:
+        """(HF name, full tensor) of the policy the engines run: the model's own parameters,
+        or with LoRA the base weights with the adapters merged in. A collective under ZeRO-3:
+        every rank iterates to the end."""
+        return lora.policy_parameters(self._module, device)
 
     def forward(self, model, mb: Tensors) -> ForwardOutput:
         """Log-probs at the sampling temperature, and the entropy of each prediction (with
@@ -50,6 +60,14 @@ class LearnerWorker(DeepSpeedWorker):
             with torch.no_grad():
                 entropy = token_entropy(logits.detach(), t)
         return ForwardOutput(logprobs=logprobs, entropy=left_pad(entropy, width))
+
+    def forward_pass(self, shard, field: str) -> np.ndarray:
+        """`DeepSpeedWorker.forward_pass`; "base_logprobs": the log-probs of the LoRA model's
+        base, its adapters off (the starting policy: the reference for free)."""
+        if field != "base_logprobs":
+            return super().forward_pass(shard, field)
+        with self._module.disable_adapter():
+            return super().forward_pass(shard, "logprobs")
 
     def loss(self, out: ForwardOutput, mb: Tensors):
         return self.algorithm.loss(out, mb)
@@ -87,7 +105,7 @@ class LearnerWorker(DeepSpeedWorker):
         if self.rank == 0 and self.sync is None:
             raise RuntimeError(f"{self.name}: init_weight_sync has not run")
         device = self.sync.device if self.sync is not None else None
-        named = export.full_parameters(self._module, device)
+        named = self._policy_parameters(device)
         if self.rank != 0:
             export.drain(named)
             return {}
@@ -101,11 +119,15 @@ class LearnerWorker(DeepSpeedWorker):
         """Rank 0 writes an HF folder; under ZeRO-3 the other ranks help gather."""
         import torch.distributed as dist
 
-        named = export.full_parameters(self._module, "cpu")
+        named = self._policy_parameters("cpu")
         if self.rank == 0:
-            export.save_hf(self._module, dict(named), path, self.model_path)
+            export.save_hf(lora.plain_model(self._module), dict(named), path, self.model_path)
         else:
             export.drain(named)
+        if lora.is_lora(self._module):  # and the adapter alone, in PEFT's layout
+            adapter = lora.adapter_state(export.full_parameters(self._module, "cpu"))
+            if self.rank == 0:
+                lora.save_adapter(self._module, adapter, f"{path}/{lora.ADAPTER_FOLDER}")
         dist.barrier()  # every rank returns once the folder is complete
 
     def full_weights(self) -> dict[str, np.ndarray]:
