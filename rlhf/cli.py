@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import shutil
 import sys
+import tempfile
 
 from rlhf.config import DEFAULT_TOKEN_FILE, Config, ConfigError, dump_config, load_config
 
@@ -231,6 +234,17 @@ def _eval(cfg, args: argparse.Namespace) -> int:
         if path is not None and not Path(path).is_dir():
             print(f"rlhf eval: --{flag} {path!r} is not a folder", file=sys.stderr)
             return 2
+        if path is not None:  # a LoRA adapter folder (final/adapter) runs merged on its base
+            from rlhf.models.lora import is_adapter_folder, merge_adapter_folder
+
+            if is_adapter_folder(path):
+                merged = tempfile.mkdtemp(prefix=f"rlhf-eval-{flag}-")
+                atexit.register(shutil.rmtree, merged, True)
+                try:
+                    setattr(args, flag, merge_adapter_folder(path, merged))
+                except ValueError as err:
+                    print(f"rlhf eval: --{flag}: {err}", file=sys.stderr)
+                    return 2
     baseline = args.baseline or prepare_model(cfg)
     prompts = task.eval_prompts[: cfg.run.eval_prompts]
     if args.samples < 1:

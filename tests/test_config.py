@@ -252,3 +252,18 @@ def test_tools_make_episodes_scored_by_the_reward_functions():
         load_config(
             None, ["rollout.tools=[tests.test_episodes:multiply]", "algorithm.name=nash_md"]
         )
+
+
+def test_adapter_sync_where_no_engine_can_take_an_adapter_names_the_field():
+    """sync.lora=adapter needs plain vLLM engines; auto sends the adapter to vLLM engines on
+    GPUs and merged weights elsewhere (CPU, the HF engine, the mixture engine)."""
+    gpus = "topology.rollout.num_gpus=1"
+    for engine in (["rollout.engine=hf"], ["algorithm.name=nash_md"]):
+        with pytest.raises(ConfigError, match="sync.lora='adapter' needs plain vLLM engines"):
+            load_config(None, ["model.lora.rank=8", "sync.lora=adapter", *engine])
+        assert not load_config(None, ["model.lora.rank=8", gpus, *engine]).sends_adapter()
+    assert load_config(None, ["model.lora.rank=8", gpus]).sends_adapter()
+    assert not load_config(None, ["model.lora.rank=8"]).sends_adapter()  # CPU: merged
+    assert load_config(None, ["model.lora.rank=8", "sync.lora=adapter"]).sends_adapter()
+    assert not load_config(None, ["model.lora.rank=8", gpus, "sync.lora=merged"]).sends_adapter()
+    assert not load_config(None, [gpus]).sends_adapter()  # no LoRA: the full weights

@@ -14,6 +14,7 @@ def make_engine(
     sleep_mode: bool = False,
     dtype: str = "float32",
     max_model_len: int | None = None,
+    lora_rank: int = 0,
 ) -> GenerationEngine:
     """The engine `rollout_cfg.engine` names; heavy imports happen only for the one chosen.
     `dtype`: the weights' and activations' dtype, resolved (`rlhf.models.dtypes.pool_dtype`).
@@ -21,7 +22,8 @@ def make_engine(
     policy/reference geometric mixture (IPO-MD, Nash-MD; vLLM only). `sleep_mode`: a vLLM
     engine on GPU may free its memory between its turns (colocated pools). `max_model_len`:
     the context a run decided (`rlhf.data.lengths.fit_prompts`); None: `rollout_cfg`'s, or
-    without one the model's positions."""
+    without one the model's positions. `lora_rank`: above 0, a vLLM engine that takes the
+    policy as a LoRA adapter of that rank on its base (adapter-only weight syncs)."""
     if mixture_reference is not None and rollout_cfg.engine != "vllm":
         raise ValueError(
             "rollout.engine must be 'vllm' to sample the policy/reference mixture "
@@ -40,6 +42,7 @@ def make_engine(
             gpu_memory_utilization=rollout_cfg.gpu_memory_utilization,
             mixture_reference=mixture_reference,
             sleep_mode=sleep_mode,
+            lora_rank=lora_rank,
         )
     if rollout_cfg.engine == "hf":
         from rlhf.engines.hf_engine import HFEngine

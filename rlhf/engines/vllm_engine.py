@@ -88,6 +88,19 @@ def _is_cpu_platform() -> bool:
     return current_platform.is_cpu()
 
 
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's max_lora_rank choices
+
+
+def vllm_lora_rank(rank: int) -> int:
+    """The smallest `max_lora_rank` vLLM accepts that holds adapters of `rank`."""
+    for allowed in VLLM_LORA_RANKS:
+        if allowed >= rank:
+            return allowed
+    raise ValueError(
+        f"model.lora.rank={rank} exceeds vLLM's largest LoRA rank {VLLM_LORA_RANKS[-1]}"
+    )
+
+
 class VLLMEngine:
     def __init__(
         self,
@@ -103,6 +116,7 @@ class VLLMEngine:
         mixture_reference: str | None = None,
         max_logprobs: int | None = None,
         sleep_mode: bool = False,
+        lora_rank: int = 0,
     ) -> None:
         """`mixture_reference`: a reference model folder (same tokenizer as the policy). With
         it, the engine samples the geometric mixture of the policy and the reference (see
@@ -112,7 +126,9 @@ class VLLMEngine:
         `max_logprobs`: the most log-probs a request may ask for (vLLM's default when None;
         -1 = the whole vocabulary, for tests that read full distributions).
         `sleep_mode`: on GPU, let `sleep` free the engine's memory while colocated pools take
-        their turn (vLLM's sleep mode); on CPU memory is not partitioned, so it does nothing."""
+        their turn (vLLM's sleep mode); on CPU memory is not partitioned, so it does nothing.
+        `lora_rank`: above 0, the engine runs the base it loads plus the LoRA adapter of the
+        latest `receive_adapter` (vLLM's LoRA support; its CPU kernels on CPU)."""
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # before vllm's logger exists
         on_cpu = _is_cpu_platform()
         if on_cpu:
@@ -134,6 +150,11 @@ class VLLMEngine:
         self.can_sleep = sleep_mode and not on_cpu
         if self.can_sleep:
             kwargs["enable_sleep_mode"] = True
+        self.lora_rank = lora_rank
+        self._adapter = None  # the LoRARequest generation uses (None: the base alone)
+        self._adapter_dir: str | None = None
+        if lora_rank > 0:
+            kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=vllm_lora_rank(lora_rank))
         self.mixture_reference = mixture_reference
         self._mixture_coef = 0.0  # b as last set in the worker (a mixture engine only)
         if mixture_reference is not None:
@@ -216,7 +237,7 @@ class VLLMEngine:
             for request_seed in request_seeds(seed, len(prompt_ids))
         ]
         prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self._adapter)
         result = Generation()
         for request in outputs:
             for out in sorted(request.outputs, key=lambda o: o.index):
@@ -280,6 +301,39 @@ class VLLMEngine:
         # Cached prefixes hold keys/values computed with the old weights.
         self.llm.reset_prefix_cache()
 
+    def receive_adapter(
+        self, manifest: list[ParamSpec], bucket_bytes: int, version: int, config: dict
+    ) -> None:
+        """Adapter-only sync: receive the LoRA adapter's tensors (`manifest`: PEFT file
+        names), write them with `config` as a PEFT adapter folder, and load it into vLLM as
+        the adapter every following generation applies. The base never moves."""
+        import json
+        import shutil
+        import tempfile
+        from pathlib import Path
+
+        from vllm.lora.request import LoRARequest
+
+        if self.lora_rank <= 0:
+            raise RuntimeError("receive_adapter on an engine started without lora_rank")
+        if self._adapter_dir is None:
+            self._adapter_dir = tempfile.mkdtemp(prefix="rlhf-adapter-")
+        folder = Path(self._adapter_dir) / f"v{version}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "adapter_config.json").write_text(json.dumps(config))
+        self.llm.collective_rpc(
+            "rlhf_receive_adapter",
+            args=(manifest_to_wire(manifest), bucket_bytes, version, str(folder)),
+        )
+        old = self._adapter
+        # ids are > 0 and unique per adapter: version v is id v + 1
+        self._adapter = LoRARequest(f"policy-v{version}", version + 1, str(folder))
+        self.llm.llm_engine.add_lora(self._adapter)  # loaded now, not at the next generate
+        if old is not None and old.lora_int_id != self._adapter.lora_int_id:
+            self.llm.llm_engine.remove_lora(old.lora_int_id)
+            shutil.rmtree(old.lora_path, ignore_errors=True)
+        self.llm.reset_prefix_cache()
+
     def close_weight_sync(self) -> None:
         if self._sync_timeout is not None and self.llm is not None:
             self.llm.collective_rpc("rlhf_close_weight_sync")
@@ -316,6 +370,10 @@ class VLLMEngine:
         return self.llm.collective_rpc("rlhf_param_digest", args=args)[0]
 
     def shutdown(self) -> None:
+        if getattr(self, "_adapter_dir", None):
+            import shutil
+
+            shutil.rmtree(self._adapter_dir, ignore_errors=True)
         llm, self.llm = getattr(self, "llm", None), None
         if llm is not None:
             llm.llm_engine.engine_core.shutdown()

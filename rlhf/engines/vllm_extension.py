@@ -71,6 +71,24 @@ class WeightSyncExtension:
         self.rlhf_load_weights(group.receive(specs, bucket_bytes, version))
         return version
 
+    def rlhf_receive_adapter(
+        self, manifest: list[list], bucket_bytes: int, version: int, folder: str
+    ) -> int:
+        """Receive a LoRA adapter's tensors and write them where the engine loads it from
+        (`folder`/adapter_model.safetensors, PEFT's layout); the model is not touched."""
+        from safetensors.torch import save_file
+
+        group: WeightSyncGroup | None = getattr(self, "_rlhf_sync", None)
+        if group is None:
+            raise RuntimeError("rlhf_receive_adapter before rlhf_init_weight_sync")
+        specs = manifest_from_wire(manifest)
+        tensors = {
+            name: t.detach().to("cpu", copy=True).contiguous()
+            for name, t in group.receive(specs, bucket_bytes, version)
+        }
+        save_file(tensors, f"{folder}/adapter_model.safetensors")
+        return version
+
     def rlhf_load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load HF-named checkpoint-format tensors into the running model, in place.
 

@@ -172,3 +172,79 @@ def check_targets(cfg: LoraConfig, model_path: str) -> None:
         raise ValueError(
             f"{err} (the model's linear layers: {', '.join(linear_layer_names(model))})"
         ) from None
+
+
+def adapter_parameters(
+    gathered: Iterator[tuple[str, torch.Tensor]],
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """(PEFT file name, full tensor) of the adapter matrices among (PEFT name, full tensor)
+    pairs, consuming all of them (under ZeRO-3 each gather is a collective)."""
+    for name, tensor in gathered:
+        if _lora_part(name) is not None:
+            yield name.replace(f".{ADAPTER}.weight", ".weight"), tensor
+
+
+def adapter_manifest(module: torch.nn.Module) -> list:
+    """The manifest of what `adapter_parameters` yields: adapter-only syncs send these."""
+    from rlhf.sync.buckets import ParamSpec
+    from rlhf.training.export import manifest
+
+    return [
+        ParamSpec(s.name.replace(f".{ADAPTER}.weight", ".weight"), s.shape, s.dtype)
+        for s in manifest(module)
+        if _lora_part(s.name) is not None
+    ]
+
+
+def is_adapter_manifest(names: list[str]) -> bool:
+    return bool(names) and all(n.endswith((".lora_A.weight", ".lora_B.weight")) for n in names)
+
+
+def adapter_config_of(cfg: LoraConfig, names: list[str]) -> dict:
+    """A PEFT adapter_config.json for adapter tensors named `names` (PEFT file names): the
+    target modules are the layers they adapt, as the learner's PEFT resolved them."""
+    targets = sorted({n.rsplit(".", 3)[0].rsplit(".", 1)[-1] for n in names})
+    return {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": cfg.rank,
+        "lora_alpha": cfg.alpha,
+        "lora_dropout": 0.0,
+        "target_modules": targets,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "use_rslora": False,
+        "use_dora": False,
+        "modules_to_save": None,
+    }
+
+
+def is_adapter_folder(path: str) -> bool:
+    """A PEFT adapter folder (`final/adapter`) rather than a whole model."""
+    from pathlib import Path
+
+    folder = Path(path)
+    return (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file()
+
+
+def merge_adapter_folder(adapter: str, out: str) -> str:
+    """The model an adapter folder stands for, merged onto the base its adapter_config.json
+    names (`base_model_name_or_path`), written to `out` as a plain HF folder; returns `out`."""
+    import json
+    from pathlib import Path
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = json.loads((Path(adapter) / "adapter_config.json").read_text())
+    base_path = base.get("base_model_name_or_path")
+    if not base_path or not Path(base_path).is_dir():
+        raise ValueError(
+            f"{adapter!r} is a LoRA adapter whose base ({base_path!r}) is not a folder here: "
+            "give the merged model (the run's final/) instead"
+        )
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    merged.save_pretrained(out)
+    AutoTokenizer.from_pretrained(base_path).save_pretrained(out)
+    return out

@@ -37,13 +37,23 @@ class LearnerWorker(DeepSpeedWorker):
 
     def init_training(self, master_addr: str, master_port: int) -> None:
         super().init_training(master_addr, master_port)
-        self.manifest = lora.policy_manifest(self._module)
+        if self.cfg.sends_adapter():
+            self.manifest = lora.adapter_manifest(self._module)
+        else:
+            self.manifest = lora.policy_manifest(self._module)
 
     def _policy_parameters(self, device) -> export.Named:
         """(HF name, full tensor) of the policy the engines run: the model's own parameters,
         or with LoRA the base weights with the adapters merged in. A collective under ZeRO-3:
         every rank iterates to the end."""
         return lora.policy_parameters(self._module, device)
+
+    def _synced_parameters(self, device) -> export.Named:
+        """What a weight sync sends (`manifest`): the policy, or only the adapter matrices
+        (`sync.lora` adapter: the engines apply them to the base they loaded)."""
+        if self.cfg.sends_adapter():
+            return lora.adapter_parameters(export.full_parameters(self._module, device))
+        return self._policy_parameters(device)
 
     def forward(self, model, mb: Tensors) -> ForwardOutput:
         """Log-probs at the sampling temperature, and the entropy of each prediction (with
@@ -105,7 +115,7 @@ class LearnerWorker(DeepSpeedWorker):
         if self.rank == 0 and self.sync is None:
             raise RuntimeError(f"{self.name}: init_weight_sync has not run")
         device = self.sync.device if self.sync is not None else None
-        named = self._policy_parameters(device)
+        named = self._synced_parameters(device)
         if self.rank != 0:
             export.drain(named)
             return {}

@@ -43,6 +43,7 @@ class RolloutWorker(WorkerIdentity):
             # the HF engine computes on the CPU wherever it runs
             dtype=pool_dtype(cfg, "rollout", on_gpus(cfg) and cfg.rollout.engine == "vllm"),
             max_model_len=max_model_len,
+            lora_rank=cfg.model.lora.rank if cfg.sends_adapter() else 0,
         )
         self.policy_version = 0
         r = cfg.rollout
@@ -180,7 +181,15 @@ class RolloutWorker(WorkerIdentity):
         self.engine.init_weight_sync(endpoint)
 
     def receive_weights(self, manifest: list[ParamSpec], bucket_bytes: int, version: int) -> int:
-        self.engine.receive_weights(manifest, bucket_bytes, version)
+        """Load weights version `version` (full tensors, or with `sync.lora` adapter the LoRA
+        adapter alone)."""
+        if self.cfg.sends_adapter():
+            from rlhf.models.lora import adapter_config_of
+
+            config = adapter_config_of(self.cfg.model.lora, [s.name for s in manifest])
+            self.engine.receive_adapter(manifest, bucket_bytes, version, config)
+        else:
+            self.engine.receive_weights(manifest, bucket_bytes, version)
         self.policy_version = version
         return version
 
