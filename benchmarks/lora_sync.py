@@ -73,22 +73,12 @@ def sender(folder: str, port: int, plan: tuple[str, int], q) -> None:
     try:
         group = WeightSyncGroup("127.0.0.1", port, 0, 2, "gloo", 300.0, ["learner-0", "engine"])
         for v in range(VERSIONS):
-            t0 = time.perf_counter()
             state = learner_state(folder, mode, rank, v)
-            build = time.perf_counter() - t0
-            t0 = time.perf_counter()
             group.send(state.items(), manifest_of(state.items()), BUCKET, v)
-            q.put(
-                (
-                    v,
-                    time.perf_counter() - t0,
-                    build,
-                    sum(t.numel() * t.element_size() for t in state.values()),
-                )
-            )
+            q.put((v, "", sum(t.numel() * t.element_size() for t in state.values())))
         group.close()
     except Exception as err:
-        q.put((-1, repr(err), 0.0, 0))
+        q.put((-1, repr(err), 0))
 
 
 def measure(folder: str, mode: str, rank: int) -> dict[str, float]:
@@ -125,7 +115,7 @@ def measure(folder: str, mode: str, rank: int) -> dict[str, float]:
             else:
                 engine.receive_weights(manifest, BUCKET, v)
             received = time.perf_counter() - t0
-            version, error, _build, nbytes = q.get(timeout=600)
+            version, error, nbytes = q.get(timeout=600)
             if version < 0:
                 raise RuntimeError(error)
             t0 = time.perf_counter()

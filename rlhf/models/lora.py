@@ -90,14 +90,26 @@ def merged_parameters(
         raise RuntimeError(f"LoRA layers with a missing part: {sorted(pending)}")
 
 
-def adapter_state(gathered: Iterator[tuple[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """The adapter matrices among (PEFT name, full tensor) pairs, under PEFT's file names
-    (`...q_proj.lora_A.weight`, what `PeftModel.from_pretrained` and vLLM read)."""
-    out = {}
+def file_name(peft_name: str) -> str:
+    """An adapter matrix's name in PEFT's files, without the adapter's own name
+    (`...q_proj.lora_A.default.weight` -> `...q_proj.lora_A.weight`): what
+    `PeftModel.from_pretrained` and vLLM read."""
+    return peft_name.replace(f".{ADAPTER}.weight", ".weight")
+
+
+def adapter_parameters(
+    gathered: Iterator[tuple[str, torch.Tensor]],
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """(PEFT file name, full tensor) of the adapter matrices among (PEFT name, full tensor)
+    pairs, consuming all of them (under ZeRO-3 each gather is a collective)."""
     for name, tensor in gathered:
         if _lora_part(name) is not None:
-            out[name.replace(f".{ADAPTER}.weight", ".weight")] = tensor.detach().cpu().clone()
-    return out
+            yield file_name(name), tensor
+
+
+def adapter_state(gathered: Iterator[tuple[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """`adapter_parameters` as a state dict of CPU copies (for a file)."""
+    return {name: t.detach().cpu().clone() for name, t in adapter_parameters(gathered)}
 
 
 ADAPTER_FOLDER = "adapter"  # final/adapter: the adapter alone, beside the merged model
@@ -174,30 +186,16 @@ def check_targets(cfg: LoraConfig, model_path: str) -> None:
         ) from None
 
 
-def adapter_parameters(
-    gathered: Iterator[tuple[str, torch.Tensor]],
-) -> Iterator[tuple[str, torch.Tensor]]:
-    """(PEFT file name, full tensor) of the adapter matrices among (PEFT name, full tensor)
-    pairs, consuming all of them (under ZeRO-3 each gather is a collective)."""
-    for name, tensor in gathered:
-        if _lora_part(name) is not None:
-            yield name.replace(f".{ADAPTER}.weight", ".weight"), tensor
-
-
 def adapter_manifest(module: torch.nn.Module) -> list:
     """The manifest of what `adapter_parameters` yields: adapter-only syncs send these."""
     from rlhf.sync.buckets import ParamSpec
     from rlhf.training.export import manifest
 
     return [
-        ParamSpec(s.name.replace(f".{ADAPTER}.weight", ".weight"), s.shape, s.dtype)
+        ParamSpec(file_name(s.name), s.shape, s.dtype)
         for s in manifest(module)
         if _lora_part(s.name) is not None
     ]
-
-
-def is_adapter_manifest(names: list[str]) -> bool:
-    return bool(names) and all(n.endswith((".lora_A.weight", ".lora_B.weight")) for n in names)
 
 
 def adapter_config_of(cfg: LoraConfig, names: list[str]) -> dict:

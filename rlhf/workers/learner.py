@@ -27,6 +27,7 @@ class LearnerWorker(DeepSpeedWorker):
     role = "learner"
     measures_sampler_gap = True
     sync: WeightSyncGroup | None = None
+    sends_adapter = False  # `Config.sends_adapter`, resolved in init_training
     manifest: list[ParamSpec] = []
 
     def load_model(self) -> torch.nn.Module:
@@ -37,23 +38,20 @@ class LearnerWorker(DeepSpeedWorker):
 
     def init_training(self, master_addr: str, master_port: int) -> None:
         super().init_training(master_addr, master_port)
-        if self.cfg.sends_adapter():
+        self.sends_adapter = self.cfg.sends_adapter()  # resolved once, used every sync
+        if self.sends_adapter:
             self.manifest = lora.adapter_manifest(self._module)
         else:
             self.manifest = lora.policy_manifest(self._module)
 
-    def _policy_parameters(self, device) -> export.Named:
-        """(HF name, full tensor) of the policy the engines run: the model's own parameters,
-        or with LoRA the base weights with the adapters merged in. A collective under ZeRO-3:
-        every rank iterates to the end."""
-        return lora.policy_parameters(self._module, device)
-
     def _synced_parameters(self, device) -> export.Named:
-        """What a weight sync sends (`manifest`): the policy, or only the adapter matrices
-        (`sync.lora` adapter: the engines apply them to the base they loaded)."""
-        if self.cfg.sends_adapter():
+        """What a weight sync sends (`manifest`): the policy (with LoRA the base weights with
+        the adapters merged in), or only the adapter matrices (`sync.lora` adapter: the
+        engines apply them to the base they loaded). A collective under ZeRO-3: every rank
+        iterates to the end."""
+        if self.sends_adapter:
             return lora.adapter_parameters(export.full_parameters(self._module, device))
-        return self._policy_parameters(device)
+        return lora.policy_parameters(self._module, device)
 
     def forward(self, model, mb: Tensors) -> ForwardOutput:
         """Log-probs at the sampling temperature, and the entropy of each prediction (with
@@ -129,15 +127,19 @@ class LearnerWorker(DeepSpeedWorker):
         """Rank 0 writes an HF folder; under ZeRO-3 the other ranks help gather."""
         import torch.distributed as dist
 
-        named = self._policy_parameters("cpu")
+        module = self._module
+        named = export.full_parameters(module, "cpu")  # gathered once, for both files
         if self.rank == 0:
-            export.save_hf(lora.plain_model(self._module), dict(named), path, self.model_path)
+            gathered = dict(named)
+            if lora.is_lora(module):  # the merged policy, and the adapter alone (PEFT's layout)
+                policy = dict(lora.merged_parameters(module, iter(gathered.items())))
+                adapter = lora.adapter_state(iter(gathered.items()))
+                lora.save_adapter(module, adapter, f"{path}/{lora.ADAPTER_FOLDER}")
+            else:
+                policy = gathered
+            export.save_hf(lora.plain_model(module), policy, path, self.model_path)
         else:
             export.drain(named)
-        if lora.is_lora(self._module):  # and the adapter alone, in PEFT's layout
-            adapter = lora.adapter_state(export.full_parameters(self._module, "cpu"))
-            if self.rank == 0:
-                lora.save_adapter(self._module, adapter, f"{path}/{lora.ADAPTER_FOLDER}")
         dist.barrier()  # every rank returns once the folder is complete
 
     def full_weights(self) -> dict[str, np.ndarray]:

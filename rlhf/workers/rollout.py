@@ -34,6 +34,7 @@ class RolloutWorker(WorkerIdentity):
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         # The reference of the mixture is the initial policy, as for the reference pool.
         self.mixture = cfg.make_algorithm().sampling_mixture
+        self.sends_adapter = cfg.sends_adapter()  # resolved once, used every sync
         self.engine = make_engine(
             cfg.rollout,
             model_path,
@@ -43,7 +44,7 @@ class RolloutWorker(WorkerIdentity):
             # the HF engine computes on the CPU wherever it runs
             dtype=pool_dtype(cfg, "rollout", on_gpus(cfg) and cfg.rollout.engine == "vllm"),
             max_model_len=max_model_len,
-            lora_rank=cfg.model.lora.rank if cfg.sends_adapter() else 0,
+            lora_rank=cfg.model.lora.rank if self.sends_adapter else 0,
         )
         self.policy_version = 0
         r = cfg.rollout
@@ -183,7 +184,7 @@ class RolloutWorker(WorkerIdentity):
     def receive_weights(self, manifest: list[ParamSpec], bucket_bytes: int, version: int) -> int:
         """Load weights version `version` (full tensors, or with `sync.lora` adapter the LoRA
         adapter alone)."""
-        if self.cfg.sends_adapter():
+        if self.sends_adapter:
             from rlhf.models.lora import adapter_config_of
 
             config = adapter_config_of(self.cfg.model.lora, [s.name for s in manifest])
