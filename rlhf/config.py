@@ -404,6 +404,7 @@ class RewardConfig(Section):
     )
 
 
+VLLM_MAX_LORA_RANK = 512  # vLLM's largest max_lora_rank (rlhf.engines.vllm_engine's list)
 FULL_FINE_TUNING_LR = 1e-4
 # adapters start at zero and span a few directions: they need a larger step (docs/lora.md:
 # 2e-3 beat 5e-4 and 1e-3 on the default task)
@@ -651,6 +652,11 @@ class Config(Section):
             raise ValueError(
                 "sync.lora='adapter' needs plain vLLM engines (rollout.engine=vllm, not a "
                 "mixture algorithm): set sync.lora=merged or auto"
+            )
+        if self.sends_adapter() and self.model.lora.rank > VLLM_MAX_LORA_RANK:
+            raise ValueError(
+                f"model.lora.rank={self.model.lora.rank} exceeds vLLM's largest LoRA rank "
+                f"({VLLM_MAX_LORA_RANK}) for adapter-only syncs: set sync.lora=merged"
             )
         n = self.samples_per_prompt()
         for section in ("learner", "critic"):

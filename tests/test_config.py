@@ -267,3 +267,6 @@ def test_adapter_sync_where_no_engine_can_take_an_adapter_names_the_field():
     assert load_config(None, ["model.lora.rank=8", "sync.lora=adapter"]).sends_adapter()
     assert not load_config(None, ["model.lora.rank=8", gpus, "sync.lora=merged"]).sends_adapter()
     assert not load_config(None, [gpus]).sends_adapter()  # no LoRA: the full weights
+    with pytest.raises(ConfigError, match="model.lora.rank=1024 exceeds vLLM's largest"):
+        load_config(None, ["model.lora.rank=1024", gpus])
+    assert not load_config(None, ["model.lora.rank=1024"]).sends_adapter()  # merged: any rank

@@ -16,6 +16,7 @@ import time
 import numpy as np
 import torch
 
+from rlhf.config import VLLM_MAX_LORA_RANK
 from rlhf.engines.base import Generation, finish_reason
 from rlhf.engines.vllm_extension import manifest_to_wire
 from rlhf.sync.buckets import ParamSpec
@@ -88,7 +89,8 @@ def _is_cpu_platform() -> bool:
     return current_platform.is_cpu()
 
 
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's max_lora_rank choices
+# vLLM's max_lora_rank choices (the config refuses larger ranks for adapter-only syncs)
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, VLLM_MAX_LORA_RANK)
 
 
 def vllm_lora_rank(rank: int) -> int:
